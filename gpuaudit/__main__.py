@@ -1,0 +1,5 @@
+import sys
+
+from gpuaudit.cli import main
+
+sys.exit(main())

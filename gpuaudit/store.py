@@ -1,0 +1,250 @@
+"""The Parquet dataset: crash-safe appends, atomic files, bounded file count, and reads.
+
+Layout (hive-partitioned, readable with ``pyarrow.dataset`` and DuckDB)::
+
+    DIR/table=<gpu|engine|process|event>/date=YYYY-MM-DD/host=<host>/<hour>-<session>.parquet
+
+Crash safety: a writer keeps the rows of the current hour in memory and, on every flush,
+rewrites that hour's file as ``.<name>.tmp`` then ``os.replace``\\ s it into place. A reader
+therefore only ever sees complete files, a ``kill -9`` loses at most the rows since the last
+flush, and there is one file per table, hour, host and sampler session (bounded). Hidden
+``.tmp`` files are ignored by pyarrow and by the ``*.parquet`` globs used here.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from gpuaudit import __version__
+from gpuaudit.errors import DataError, StoreError
+from gpuaudit.schema import METADATA_KEY, SCHEMA_VERSION, TABLES, table_schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def partition_value(value: str) -> str:
+    """A path-safe partition value (the real value stays in the column)."""
+    return quote(value, safe="") if _SAFE.search(value) else value
+
+
+def table_dir(root: Path, table: str) -> Path:
+    return root / f"table={table}"
+
+
+def ensure_writable(root: Path) -> None:
+    """Create ``root`` and prove it is writable, or raise a StoreError naming it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write to output directory {root}: {exc.strerror or exc}",
+            hint="pass --out a directory you can write to",
+        ) from exc
+
+
+def file_metadata(extra: Mapping[str, Any] | None = None) -> dict[bytes, bytes]:
+    meta: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "gpuaudit_version": __version__}
+    meta.update(extra or {})
+    return {METADATA_KEY: json.dumps(meta, sort_keys=True, default=str).encode()}
+
+
+def rows_to_table(table: str, rows: Sequence[Mapping[str, object]]) -> pa.Table:
+    """Build an arrow table with the explicit schema; missing columns become NULL."""
+    import pyarrow as pa
+
+    schema = table_schema(table)
+    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _write_atomic(path: Path, data: pa.Table, metadata: dict[bytes, bytes]) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        schema = data.schema.with_metadata(metadata)
+        with open(tmp, "wb") as fh:
+            pq.write_table(data.replace_schema_metadata(schema.metadata), fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise StoreError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint=(
+                "the disk is full; free space and restart: everything flushed before is kept"
+                if full
+                else "check permissions on the output directory; everything flushed before is kept"
+            ),
+        ) from exc
+
+
+@dataclass
+class _HourBuffer:
+    path: Path
+    parts: list[pa.Table] = field(default_factory=list)
+    dirty: bool = False
+
+
+class DatasetWriter:
+    """Appends rows to a dataset. Not thread-safe: one sampler loop owns it."""
+
+    def __init__(
+        self, root: Path, host: str, *, metadata: Mapping[str, Any] | None = None,
+        session: str | None = None,
+    ) -> None:
+        self.root = root
+        self.host = host
+        self.session = session or datetime.now(UTC).strftime("%H%M%S") + "-" + secrets.token_hex(3)
+        self._metadata = dict(metadata or {})
+        self._hours: dict[tuple[str, str], _HourBuffer] = {}
+        self._pending: dict[str, list[Mapping[str, object]]] = {t: [] for t in TABLES}
+        self.rows_written = 0
+        self.files_written: set[Path] = set()
+        ensure_writable(root)
+
+    def set_metadata(self, **values: Any) -> None:
+        self._metadata.update(values)
+
+    def append(self, table: str, rows: Iterable[Mapping[str, object]]) -> None:
+        self._pending[table].extend(rows)
+
+    def pending_rows(self) -> int:
+        return sum(len(v) for v in self._pending.values())
+
+    def flush(self) -> int:
+        """Write pending rows; returns how many. On error the pending rows are kept."""
+        written = 0
+        for table, rows in self._pending.items():
+            if not rows:
+                continue
+            by_hour: dict[str, list[Mapping[str, object]]] = {}
+            for r in rows:
+                ts = r["ts"]
+                assert isinstance(ts, datetime)
+                by_hour.setdefault(ts.astimezone(UTC).strftime("%Y-%m-%dT%H"), []).append(r)
+            for hour, hour_rows in sorted(by_hour.items()):
+                self._flush_hour(table, hour, hour_rows)
+                written += len(hour_rows)
+            rows.clear()
+        self.rows_written += written
+        return written
+
+    def _flush_hour(self, table: str, hour: str, rows: list[Mapping[str, object]]) -> None:
+        import pyarrow as pa
+
+        buf = self._hours.get((table, hour))
+        if buf is None:
+            date = hour[:10]
+            name = f"{hour.replace(':', '')}-{self.session}.parquet"
+            path = table_dir(self.root, table) / f"date={date}" / f"host={partition_value(self.host)}" / name
+            buf = self._hours[(table, hour)] = _HourBuffer(path)
+            self._drop_old_hours(table, hour)
+        new = rows_to_table(table, rows)
+        candidate = pa.concat_tables([*buf.parts, new]) if buf.parts else new
+        _write_atomic(buf.path, candidate, file_metadata(self._metadata))
+        buf.parts = [candidate.combine_chunks()]
+        self.files_written.add(buf.path)
+
+    def _drop_old_hours(self, table: str, current_hour: str) -> None:
+        """Finished hours are final on disk; keep only the current hour in memory."""
+        for key in [k for k in self._hours if k[0] == table and k[1] < current_hour]:
+            del self._hours[key]
+
+
+def write_table_atomic(
+    root: Path, table: str, data: pa.Table, *, host_column: str = "host", name: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write ``data`` as one file per (date, host) partition. Returns the paths written.
+
+    Used by importers: if any write fails, the files already written by this call are
+    removed again, so a failed import leaves nothing half-written.
+    """
+    import pyarrow.compute as pc
+
+    written: list[Path] = []
+    if data.num_rows == 0:
+        return written
+    dates = pc.strftime(data["ts"], format="%Y-%m-%d", locale="C")
+    keyed = data.append_column("_date", dates)
+    try:
+        for date in sorted(set(dates.to_pylist())):
+            day = keyed.filter(pc.equal(keyed["_date"], date))
+            for host in sorted(set(day[host_column].to_pylist())):
+                part = day.filter(pc.equal(day[host_column], host)).drop_columns(["_date"])
+                path = (
+                    table_dir(root, table) / f"date={date}" / f"host={partition_value(host)}" / f"{name}.parquet"
+                )
+                _write_atomic(path, part, file_metadata(metadata))
+                written.append(path)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def parquet_files(root: Path, table: str) -> list[Path]:
+    """The complete data files of ``table`` (hidden temporaries excluded)."""
+    base = table_dir(root, table)
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def open_dataset(root: Path, table: str) -> pads.Dataset:
+    """A ``pyarrow.dataset`` over one table; empty (with the schema) if there is none yet."""
+    import pyarrow.dataset as pads
+
+    if not root.exists():
+        raise DataError(f"dataset not found: {root}", hint="pass the --out directory of `gpuaudit sample`")
+    files = parquet_files(root, table)
+    schema = table_schema(table)
+    if not files:
+        return pads.dataset([], schema=schema)
+    return pads.dataset(
+        [str(f) for f in files], schema=schema, format="parquet",
+        partitioning=pads.partitioning(flavor="hive"), partition_base_dir=str(table_dir(root, table)),
+    )
+
+
+def read_table(root: Path, table: str, *, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole table; unreadable files raise a DataError naming the file."""
+    import pyarrow as pa
+
+    try:
+        return open_dataset(root, table).to_table(columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(
+            f"cannot read dataset {root} (table {table}): {exc}",
+            hint="a file may be corrupt; move it aside and retry",
+        ) from exc
+
+
+def read_file_metadata(path: Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
