@@ -2,12 +2,13 @@
 
 Layout (hive-partitioned, readable with ``pyarrow.dataset`` and DuckDB)::
 
-    DIR/table=<gpu|engine|process|event>/date=YYYY-MM-DD/host=<host>/<hour>-<session>.parquet
+    DIR/table=<gpu|engine|process|event>/date=YYYY-MM-DD/host=<host>/<segment>-<session>.parquet
 
-Crash safety: a writer keeps the rows of the current hour in memory and, on every flush,
-rewrites that hour's file as ``.<name>.tmp`` then ``os.replace``\\ s it into place. A reader
-therefore only ever sees complete files, a ``kill -9`` loses at most the rows since the last
-flush, and there is one file per table, hour, host and sampler session (bounded). Hidden
+Crash safety: a writer keeps the rows of the current segment (default 15 minutes, aligned
+to the clock) in memory and, on every flush, rewrites that segment's file as a hidden
+``.<name>.tmp`` and then ``os.replace``-s it into place. A reader therefore only ever
+sees complete files, a ``kill -9`` loses at most the rows since the last flush, and there
+is one file per table, segment, host and sampler session (bounded: 4 per hour). Rewriting is cheap because a segment holds at most 15 minutes of rows. Hidden
 ``.tmp`` files are ignored by pyarrow and by the ``*.parquet`` globs used here.
 """
 
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from gpuaudit import __version__
-from gpuaudit.errors import DataError, StoreError
+from gpuaudit.errors import ConfigError, DataError, StoreError
 from gpuaudit.schema import METADATA_KEY, SCHEMA_VERSION, TABLES, table_schema
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def ensure_writable(root: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise StoreError(
+        raise ConfigError(
             f"cannot write to output directory {root}: {exc.strerror or exc}",
             hint="pass --out a directory you can write to",
         ) from exc
@@ -110,9 +111,17 @@ class DatasetWriter:
     """Appends rows to a dataset. Not thread-safe: one sampler loop owns it."""
 
     def __init__(
-        self, root: Path, host: str, *, metadata: Mapping[str, Any] | None = None,
+        self,
+        root: Path,
+        host: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
         session: str | None = None,
+        rotate_s: int = 900,
     ) -> None:
+        if rotate_s <= 0 or 3600 % rotate_s:
+            raise ValueError("rotate_s must divide an hour")
+        self.rotate_s = rotate_s
         self.root = root
         self.host = host
         self.session = session or datetime.now(UTC).strftime("%H%M%S") + "-" + secrets.token_hex(3)
@@ -142,13 +151,26 @@ class DatasetWriter:
             for r in rows:
                 ts = r["ts"]
                 assert isinstance(ts, datetime)
-                by_hour.setdefault(ts.astimezone(UTC).strftime("%Y-%m-%dT%H"), []).append(r)
-            for hour, hour_rows in sorted(by_hour.items()):
-                self._flush_hour(table, hour, hour_rows)
-                written += len(hour_rows)
+                by_hour.setdefault(self._segment(ts), []).append(r)
+            done: set[str] = set()
+            try:
+                for hour, hour_rows in sorted(by_hour.items()):
+                    self._flush_hour(table, hour, hour_rows)
+                    done.add(hour)
+                    written += len(hour_rows)
+            except StoreError:
+                # keep exactly the rows that did not reach disk, for a later retry
+                self._pending[table] = [r for h, rs in by_hour.items() if h not in done for r in rs]
+                self.rows_written += written
+                raise
             rows.clear()
         self.rows_written += written
         return written
+
+    def _segment(self, ts: datetime) -> str:
+        utc = ts.astimezone(UTC)
+        secs = (utc.minute * 60 + utc.second) // self.rotate_s * self.rotate_s
+        return f"{utc:%Y-%m-%dT%H}{secs // 60:02d}"
 
     def _flush_hour(self, table: str, hour: str, rows: list[Mapping[str, object]]) -> None:
         import pyarrow as pa
@@ -156,7 +178,7 @@ class DatasetWriter:
         buf = self._hours.get((table, hour))
         if buf is None:
             date = hour[:10]
-            name = f"{hour.replace(':', '')}-{self.session}.parquet"
+            name = f"{hour}-{self.session}.parquet"
             path = table_dir(self.root, table) / f"date={date}" / f"host={partition_value(self.host)}" / name
             buf = self._hours[(table, hour)] = _HourBuffer(path)
             self._drop_old_hours(table, hour)
@@ -173,7 +195,12 @@ class DatasetWriter:
 
 
 def write_table_atomic(
-    root: Path, table: str, data: pa.Table, *, host_column: str = "host", name: str,
+    root: Path,
+    table: str,
+    data: pa.Table,
+    *,
+    host_column: str = "host",
+    name: str,
     metadata: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write ``data`` as one file per (date, host) partition. Returns the paths written.
@@ -194,7 +221,10 @@ def write_table_atomic(
             for host in sorted(set(day[host_column].to_pylist())):
                 part = day.filter(pc.equal(day[host_column], host)).drop_columns(["_date"])
                 path = (
-                    table_dir(root, table) / f"date={date}" / f"host={partition_value(host)}" / f"{name}.parquet"
+                    table_dir(root, table)
+                    / f"date={date}"
+                    / f"host={partition_value(host)}"
+                    / f"{name}.parquet"
                 )
                 _write_atomic(path, part, file_metadata(metadata))
                 written.append(path)
@@ -224,8 +254,11 @@ def open_dataset(root: Path, table: str) -> pads.Dataset:
     if not files:
         return pads.dataset([], schema=schema)
     return pads.dataset(
-        [str(f) for f in files], schema=schema, format="parquet",
-        partitioning=pads.partitioning(flavor="hive"), partition_base_dir=str(table_dir(root, table)),
+        [str(f) for f in files],
+        schema=schema,
+        format="parquet",
+        partitioning=pads.partitioning(flavor="hive"),
+        partition_base_dir=str(table_dir(root, table)),
     )
 
 

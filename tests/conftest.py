@@ -18,12 +18,19 @@ def data_dir() -> Path:
     return DATA
 
 
-def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, **kw
+) -> subprocess.CompletedProcess:
     """Run `python -m gpuaudit ARGS` as a real subprocess."""
     full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "gpuaudit", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=kw.pop("cwd", REPO), **kw,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=kw.pop("cwd", REPO),
+        **kw,
     )
 
 

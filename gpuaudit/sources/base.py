@@ -111,8 +111,12 @@ class EngineSample:
     def row(self, *, host: str, source: str) -> dict[str, object]:
         out: dict[str, object] = dict(self.values)
         out.update(
-            ts=self.ts, host=host, source=source, endpoint=self.endpoint,
-            model_name=self.model_name, engine=self.engine,
+            ts=self.ts,
+            host=host,
+            source=source,
+            endpoint=self.endpoint,
+            model_name=self.model_name,
+            engine=self.engine,
         )
         return out
 

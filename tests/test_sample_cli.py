@@ -1,0 +1,173 @@
+"""`gpuaudit sample` / `gpuaudit run` as real subprocesses: signals, crashes, full disk, bad flags."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpuaudit.store import parquet_files, read_table
+from tests.conftest import REPO
+
+FAST = ["--gpu-backend", "simulated", "--simulated-gpus", "3", "--interval", "0.1", "--flush-interval", "0.5"]
+
+
+def start_sampler(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpuaudit", "sample", "--out", str(out), *FAST, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def total_rows(out: Path) -> int:
+    return sum(read_table(out, t).num_rows for t in ("gpu", "engine", "process", "event"))
+
+
+def wait_for(pred, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_duration_ends_cleanly(tmp_path, cli):
+    r = cli("sample", "--out", str(tmp_path), *FAST, "--duration", "2")
+    assert r.returncode == 0, r.stderr
+    gpu = read_table(tmp_path, "gpu")
+    assert gpu.num_rows >= 3 * 15  # ~20 ticks of 3 simulated GPUs (some GPUs may be MIG/lost)
+    assert set(gpu.column("source").to_pylist()) == {"simulated"}
+    assert set(gpu.column("host").to_pylist()) == {"simulated-host"}
+
+
+def test_sigterm_flushes_every_row(tmp_path):
+    proc = start_sampler(tmp_path)
+    wait_for(lambda: parquet_files(tmp_path, "gpu"))
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    # the sampler reports how many rows it wrote; every one of them is in the dataset
+    reported = int(err.strip().splitlines()[-1].split()[1])
+    assert reported == total_rows(tmp_path) > 0
+
+
+def test_sigint_also_exits_zero(tmp_path):
+    proc = start_sampler(tmp_path)
+    wait_for(lambda: parquet_files(tmp_path, "gpu"))
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_sigkill_loses_at_most_one_flush_interval_and_restart_continues(tmp_path):
+    proc = start_sampler(tmp_path)
+    wait_for(lambda: parquet_files(tmp_path, "gpu"))
+    t_first = time.monotonic()
+    time.sleep(2.0)
+    flushed_before = read_table(tmp_path, "gpu").num_rows
+    elapsed = time.monotonic() - t_first
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    after = read_table(tmp_path, "gpu")  # must read: no torn file is visible
+    assert after.num_rows >= flushed_before > 0
+    ticks = after.group_by("gpu_uuid").aggregate([("ts", "count")]).column("ts_count").to_pylist()
+    # at least (time alive - flush interval - start-up slack) worth of 0.1 s ticks per GPU
+    assert max(ticks) >= (elapsed - 0.5 - 0.5) / 0.1
+    # a restarted sampler keeps what was flushed and carries on in the same dataset
+    r = subprocess.run(
+        [sys.executable, "-m", "gpuaudit", "sample", "--out", str(tmp_path), *FAST, "--duration", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    again = read_table(tmp_path, "gpu")
+    assert again.num_rows > after.num_rows
+    assert set(after.column("ts").to_pylist()) <= set(again.column("ts").to_pylist())
+
+
+def test_bad_flags_exit_2(cli, tmp_path):
+    r = cli("sample", "--out", str(tmp_path), "--interval", "0")
+    assert r.returncode == 2 and "--interval must be > 0" in r.stderr and "Traceback" not in r.stderr
+    r = cli("sample", "--out", str(tmp_path), "--gpu-backend", "cuda")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_unwritable_out_exit_2(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = cli("sample", "--out", str(blocker / "sub"), "--gpu-backend", "simulated", "--duration", "1")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("error: cannot write to output directory") and str(blocker) in lines[0]
+    assert lines[1].startswith("hint:") and "Traceback" not in r.stderr
+
+
+def test_nvml_missing(cli, tmp_path):
+    r = cli("sample", "--out", str(tmp_path), "--gpu-backend", "nvml", "--duration", "1")
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.startswith("error: ") and "hint: " in r.stderr and "Traceback" not in r.stderr
+    # auto on a host without a driver: a warning, then engines only
+    r = cli("sample", "--out", str(tmp_path / "auto"), "--duration", "1")
+    assert r.returncode == 0, r.stderr
+    assert "warning: NVML not available" in r.stderr
+
+
+def _can_mount_tmpfs() -> bool:
+    return sys.platform == "linux" and os.geteuid() == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root to mount a tiny tmpfs for a real full disk")
+def test_full_disk_clear_error_and_keeps_data(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("mount not permitted in this container")
+    try:
+        out = mnt / "ds"
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gpuaudit",
+                "sample",
+                "--out",
+                str(out),
+                "--gpu-backend",
+                "simulated",
+                "--simulated-gpus",
+                "8",
+                "--interval",
+                "0.02",
+                "--flush-interval",
+                "0.2",
+                "--duration",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert r.returncode == 3, r.stderr
+        assert (
+            "error: cannot write" in r.stderr and "disk is full" in r.stderr and "Traceback" not in r.stderr
+        )
+        kept = read_table(out, "gpu")  # everything flushed before is still readable
+        assert kept.num_rows > 0
+    finally:
+        subprocess.run(["umount", str(mnt)])
