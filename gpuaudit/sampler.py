@@ -47,6 +47,7 @@ class GpuRunningStats:
     """Per-GPU running sums for the live view and the `run` summary (measured values only)."""
 
     name: str
+    is_mig: bool = False
     ticks: int = 0
     util_sum_pct: float = 0.0
     util_n: int = 0
@@ -103,7 +104,9 @@ class SamplerStats:
         for s in samples:
             st = self.gpus.get(s.gpu_uuid)
             if st is None:
-                st = self.gpus[s.gpu_uuid] = GpuRunningStats(name=s.gpu_name)
+                st = self.gpus[s.gpu_uuid] = GpuRunningStats(
+                    name=s.gpu_name, is_mig=s.parent_uuid is not None
+                )
             st.add(s)
 
     def add_engines(self, samples: Sequence[EngineSample], mono_s: float) -> None:
@@ -126,8 +129,13 @@ class SamplerStats:
         self.output_tok_s = rate if have_rate else self.output_tok_s
 
     @property
+    def physical_gpus(self) -> int:
+        return sum(1 for g in self.gpus.values() if not g.is_mig)
+
+    @property
     def util_mean_pct(self) -> float | None:
-        vals = [g.last_util_pct for g in self.gpus.values() if g.last_util_pct is not None]
+        """Mean of the latest utilization.gpu over physical GPUs that report it."""
+        vals = [g.last_util_pct for g in self.gpus.values() if g.last_util_pct is not None and not g.is_mig]
         return sum(vals) / len(vals) if vals else None
 
 

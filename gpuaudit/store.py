@@ -6,10 +6,11 @@ Layout (hive-partitioned, readable with ``pyarrow.dataset`` and DuckDB)::
 
 Crash safety: a writer keeps the rows of the current segment (default 15 minutes, aligned
 to the clock) in memory and, on every flush, rewrites that segment's file as a hidden
-``.<name>.tmp`` and then ``os.replace``-s it into place. A reader therefore only ever
-sees complete files, a ``kill -9`` loses at most the rows since the last flush, and there
-is one file per table, segment, host and sampler session (bounded: 4 per hour). Rewriting is cheap because a segment holds at most 15 minutes of rows. Hidden
-``.tmp`` files are ignored by pyarrow and by the ``*.parquet`` globs used here.
+``.<name>.tmp`` and then ``os.replace``-s it into place. A reader therefore only ever sees
+complete files, a ``kill -9`` loses at most the rows since the last flush, and there is
+one file per table, segment, host and sampler session (bounded: 4 per hour). Rewriting is
+cheap because a segment holds at most 15 minutes of rows. Hidden ``.tmp`` files are
+ignored by pyarrow and by the ``*.parquet`` globs used here.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def _fmt(value: float | None, spec: str = ".0f", unit: str = "") -> str:
 def status_line(stats: SamplerStats, *, host: str, simulated: bool) -> str:
     label = " [SIMULATED]" if simulated else ""
     return (
-        f"{host}{label}: {len(stats.gpus)} GPUs, util {_fmt(stats.util_mean_pct, '.0f', '%')}, "
+        f"{host}{label}: {stats.physical_gpus} GPUs, util {_fmt(stats.util_mean_pct, '.0f', '%')}, "
         f"engines {stats.engines_up}/{stats.engines_total} up, "
         f"{_fmt(stats.output_tok_s, '.0f')} tok/s, {stats.rows_written} rows written, "
         f"{stats.elapsed_s:.0f}s"
