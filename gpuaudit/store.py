@@ -132,6 +132,7 @@ class DatasetWriter:
         self.rows_written = 0
         self.files_written: set[Path] = set()
         ensure_writable(root)
+        import pyarrow.parquet  # noqa: F401  (pay the import before the first tick, not during it)
 
     def set_metadata(self, **values: Any) -> None:
         self._metadata.update(values)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def test_duration_ends_cleanly(tmp_path, cli):
     r = cli("sample", "--out", str(tmp_path), *FAST, "--duration", "2")
     assert r.returncode == 0, r.stderr
     gpu = read_table(tmp_path, "gpu")
-    assert gpu.num_rows >= 3 * 15  # ~20 ticks of 3 simulated GPUs (some GPUs may be MIG/lost)
+    ticks = int(r.stderr.strip().splitlines()[-1].split("(")[1].split()[0])
+    assert ticks >= 2 and gpu.num_rows == 3 * ticks  # busy, idle-held and idle-empty GPUs every tick
     assert set(gpu.column("source").to_pylist()) == {"simulated"}
     assert set(gpu.column("host").to_pylist()) == {"simulated-host"}
 
@@ -74,18 +76,17 @@ def test_sigint_also_exits_zero(tmp_path):
 def test_sigkill_loses_at_most_one_flush_interval_and_restart_continues(tmp_path):
     proc = start_sampler(tmp_path)
     wait_for(lambda: parquet_files(tmp_path, "gpu"))
-    t_first = time.monotonic()
     time.sleep(2.0)
     flushed_before = read_table(tmp_path, "gpu").num_rows
-    elapsed = time.monotonic() - t_first
+    killed_at = datetime.now(UTC)
     proc.kill()
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     after = read_table(tmp_path, "gpu")  # must read: no torn file is visible
     assert after.num_rows >= flushed_before > 0
-    ticks = after.group_by("gpu_uuid").aggregate([("ts", "count")]).column("ts_count").to_pylist()
-    # at least (time alive - flush interval - start-up slack) worth of 0.1 s ticks per GPU
-    assert max(ticks) >= (elapsed - 0.5 - 0.5) / 0.1
+    newest = max(after.column("ts").to_pylist())
+    # at most one flush interval (0.5 s) is lost; 2 s of slack for a loaded CI machine
+    assert (killed_at - newest).total_seconds() <= 0.5 + 2.0
     # a restarted sampler keeps what was flushed and carries on in the same dataset
     r = subprocess.run(
         [sys.executable, "-m", "gpuaudit", "sample", "--out", str(tmp_path), *FAST, "--duration", "1"],
