@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ class LiveView:
 def print_summary(stats: SamplerStats, *, cmd: list[str], exit_code: int, out: Path) -> None:
     """A one-screen summary of a `gpuaudit run`, to stderr (like `time`)."""
     lines = [
-        f"gpuaudit run: `{' '.join(cmd)}` exited {exit_code} after {stats.elapsed_s:.1f} s",
+        f"gpuaudit run: `{shlex.join(cmd)}` exited {exit_code} after {stats.elapsed_s:.1f} s",
         f"  samples: {stats.ticks} GPU ticks, {stats.scrapes} engine scrapes, "
         f"{stats.rows_written} rows -> {out}",
     ]
