@@ -172,3 +172,24 @@ def test_full_disk_clear_error_and_keeps_data(tmp_path):
         assert kept.num_rows > 0
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_sample_scrapes_vllm_endpoints_and_records_outages(tmp_path, cli):
+    from tests.http_fixtures import MetricsServer, closed_port_url
+
+    with MetricsServer() as srv:
+        good = srv.fixture_url("vllm-0.33-synthetic-t0")
+        base = good.removesuffix("/metrics")  # a base URL works as well as the /metrics URL
+        r = cli("sample", "--out", str(tmp_path), "--gpu-backend", "simulated", "--simulated-gpus", "2",
+                "--interval", "0.2", "--engine-interval", "0.5", "--duration", "2",
+                "--vllm", base, "--vllm", closed_port_url())
+    assert r.returncode == 0, r.stderr
+    engine = read_table(tmp_path, "engine").to_pylist()
+    assert engine and {e["endpoint"] for e in engine} == {good}
+    assert {e["model_name"] for e in engine} == {"meta-llama/Llama-3.1-8B-Instruct"}
+    assert all(e["generation_tokens_total"] > 0 for e in engine)
+    assert sum(e["cache_config_json"] is not None for e in engine) == 1  # stored when it changes
+    events = read_table(tmp_path, "event").to_pylist()
+    down = [e for e in events if e["kind"] == "endpoint_down"]
+    assert len(down) == 1 and down[0]["subject"] != good  # one transition, not one per scrape
+    assert read_table(tmp_path, "gpu").num_rows > 0  # the dead endpoint did not stop GPU sampling
