@@ -132,7 +132,10 @@ class DatasetWriter:
         self.rows_written = 0
         self.files_written: set[Path] = set()
         ensure_writable(root)
-        import pyarrow.parquet  # noqa: F401  (pay the import before the first tick, not during it)
+        # pay the pyarrow/pandas imports now, not during the first tick
+        import pyarrow.parquet  # noqa: F401
+
+        rows_to_table("event", [])
 
     def set_metadata(self, **values: Any) -> None:
         self._metadata.update(values)

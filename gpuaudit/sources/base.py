@@ -7,7 +7,7 @@ Backends (NVML, simulated) produce ``GpuSample`` rows; the vLLM scraper produces
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Protocol
 
@@ -58,10 +58,21 @@ class GpuSample:
     dram_bw_util_pct: float | None = None
 
     def row(self, *, host: str, source: str) -> dict[str, object]:
-        out: dict[str, object] = asdict(self)
+        out = _shallow_dict(self)
         out["host"] = host
         out["source"] = source
         return out
+
+
+def _shallow_dict(obj: object) -> dict[str, object]:
+    """Like ``dataclasses.asdict`` for flat dataclasses, without its deep copies (hot path)."""
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in fields(obj))  # type: ignore[arg-type]
+    return {n: getattr(obj, n) for n in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +84,7 @@ class ProcessSample:
     process_name: str | None = None
 
     def row(self, *, host: str) -> dict[str, object]:
-        out: dict[str, object] = asdict(self)
+        out = _shallow_dict(self)
         out["host"] = host
         return out
 
@@ -89,7 +100,7 @@ class Event:
     detail: str = ""
 
     def row(self, *, host: str) -> dict[str, object]:
-        out: dict[str, object] = asdict(self)
+        out = _shallow_dict(self)
         out["host"] = host
         return out
 
