@@ -193,3 +193,22 @@ def test_sample_scrapes_vllm_endpoints_and_records_outages(tmp_path, cli):
     down = [e for e in events if e["kind"] == "endpoint_down"]
     assert len(down) == 1 and down[0]["subject"] != good  # one transition, not one per scrape
     assert read_table(tmp_path, "gpu").num_rows > 0  # the dead endpoint did not stop GPU sampling
+
+
+def test_run_samples_while_command_runs_and_exits_with_its_code(tmp_path, cli):
+    prog = "import sys, time; time.sleep(1.5); sys.exit(7)"
+    r = cli("run", "--out", str(tmp_path), "--gpu-backend", "simulated", "--simulated-gpus", "2",
+            "--interval", "0.2", "--", sys.executable, "-c", prog)
+    assert r.returncode == 7, r.stderr
+    assert "exited 7 after" in r.stderr and "util mean" in r.stderr
+    assert read_table(tmp_path, "gpu").num_rows >= 2
+
+
+def test_run_missing_command_is_a_usage_error(tmp_path, cli):
+    r = cli("run", "--out", str(tmp_path), "--gpu-backend", "none", "--", "/nonexistent/prog")
+    assert r.returncode == 2 and "cannot run '/nonexistent/prog'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sim_load_url_needs_the_simulated_backend(tmp_path, cli):
+    r = cli("sample", "--out", str(tmp_path), "--gpu-backend", "none", "--sim-load-url", "http://127.0.0.1:9")
+    assert r.returncode == 2 and "--sim-load-url needs --gpu-backend simulated" in r.stderr

@@ -18,6 +18,7 @@ from gpuaudit.sources.select import BackendKind
 
 if TYPE_CHECKING:
     from gpuaudit.sampler import SamplerStats
+    from gpuaudit.sources.base import GpuBackend
 
 SIM_HOST = "simulated-host"
 
@@ -34,6 +35,7 @@ class SampleFlags:
     host: str | None
     flush_interval: float
     seed: int
+    sim_load_urls: tuple[str, ...] = ()
 
 
 def _validate(f: SampleFlags) -> None:
@@ -62,6 +64,8 @@ def execute(f: SampleFlags, stop: threading.Event, *, quiet: bool = False) -> Sa
     if choice.warning:
         print(f"warning: {choice.warning}", file=sys.stderr)
     backend = choice.backend
+    if f.sim_load_urls:
+        backend = _couple_to_serve_sim(backend, f.sim_load_urls)
     simulated = backend is not None and backend.name == "simulated"
     host = f.host or (SIM_HOST if simulated else socket.gethostname())
     urls = [normalize_metrics_url(u) for u in f.vllm]
@@ -105,6 +109,15 @@ def execute(f: SampleFlags, stop: threading.Event, *, quiet: bool = False) -> Sa
             backend.close()
 
 
+def _couple_to_serve_sim(backend: GpuBackend | None, urls: tuple[str, ...]) -> GpuBackend:
+    from gpuaudit.servesim.gpuload import LoadCoupledBackend
+    from gpuaudit.sources.simulated import SimulatedBackend
+
+    if not isinstance(backend, SimulatedBackend):
+        raise ConfigError("--sim-load-url needs --gpu-backend simulated")
+    return LoadCoupledBackend(backend, list(urls))
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     def handler(signum: int, frame: Any) -> None:
         stop.set()
@@ -131,6 +144,9 @@ SIM_GPUS = typer.Option(4, "--simulated-gpus", help="Number of GPUs of the simul
 HOST = typer.Option(None, "--host", help="Host name stored on every row (default: this host's name).")
 FLUSH = typer.Option(10.0, "--flush-interval", help="Seconds between flushes: the most a crash can lose.")
 SEED = typer.Option(0, "--seed", help="Seed of the simulated backend.")
+SIM_LOAD = typer.Option(
+    [], "--sim-load-url", help="serve-sim URL whose /gpu-load drives the simulated GPUs; repeatable."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -146,6 +162,7 @@ def register(app: typer.Typer) -> None:
         host: str | None = HOST,
         flush_interval: float = FLUSH,
         seed: int = SEED,
+        sim_load_url: list[str] = SIM_LOAD,
     ) -> None:
         """Sample GPUs (NVML) and vLLM /metrics into a Parquet dataset until stopped.
 
@@ -164,6 +181,7 @@ def register(app: typer.Typer) -> None:
             host=host,
             flush_interval=flush_interval,
             seed=seed,
+            sim_load_urls=tuple(sim_load_url),
         )
         stats = execute(flags, stop)
         print(
@@ -218,7 +236,11 @@ def run_command(flags: SampleFlags, cmd: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    threading.Thread(target=lambda: (proc.wait(), stop.set()), daemon=True).start()
+    def wait_then_stop() -> None:
+        proc.wait()
+        stop.set()
+
+    threading.Thread(target=wait_then_stop, daemon=True).start()
     stats = execute(flags, stop, quiet=True)
     code = proc.wait()
     print_summary(stats, cmd=cmd, exit_code=code, out=flags.out)

@@ -1,0 +1,1 @@
+"""serve-sim: a simulated vLLM OpenAI-compatible server (see ``servesim.server``)."""
