@@ -35,9 +35,8 @@ def register(app: typer.Typer) -> None:
         urls = [url for _, url in servers]
         sampler = steps.start_sampler(dataset, urls, interval_s=max(0.25, min(1.0, duration / 60)))
         try:
-            _say(
-                f"1/4 serve-sim: {', '.join(f'{e.model} at {u}' for e, u in zip(steps.ENGINES, urls, strict=True))}"
-            )
+            served = ", ".join(f"{e.model} at {u}" for e, u in zip(steps.ENGINES, urls, strict=True))
+            _say(f"1/4 serve-sim: {served}")
             _say(f"2/4 driving a day of traffic compressed into {duration:.0f} s, sampled into {dataset}")
             results = steps.drive(urls, duration_s=duration, seed=seed)
         finally:
