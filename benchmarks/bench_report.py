@@ -1,0 +1,121 @@
+"""Time `build_report` against a bare DuckDB aggregate over the same GPU files, in one run.
+
+    python benchmarks/make_dataset.py --days 30 --gpus 8 --out /tmp/gpuaudit-bench
+    python benchmarks/bench_report.py /tmp/gpuaudit-bench
+
+Each measurement runs in its own process (so peak RSS is that process's alone, read with
+``os.wait4``), alternating, ``--repeat`` times; the best wall time of each is compared.
+
+- ``report``: ``build_report(DIR, ReportOptions())`` and ``to_dict()``, what
+  ``gpuaudit report --format json`` does (without printing).
+- ``bare``: ``SELECT gpu_uuid, avg(util_gpu_pct) FROM read_parquet(<gpu files>) GROUP BY
+  gpu_uuid`` in DuckDB: the floor the issue compares against.
+- ``scan``: DuckDB summing every GPU column the report's definitions read (no ordering, no
+  intervals): how much of the gap is just reading more columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCAN_COLUMNS = (
+    "util_gpu_pct",
+    "mem_used_bytes",
+    "power_w",
+    "energy_mj",
+    "sm_active_pct",
+    "tensor_active_pct",
+)
+
+
+def child(kind: str, root: Path) -> None:
+    t0 = time.perf_counter()
+    if kind == "report":
+        from gpuaudit.analyze.report import ReportOptions, build_report
+
+        doc = build_report(root, ReportOptions()).to_dict()
+        extra = {"gpu_hours": doc["totals"]["gpu_hours"], "gpus": doc["totals"]["gpus"]}
+    else:
+        import duckdb
+
+        from gpuaudit.store import parquet_files
+
+        files = [str(f) for f in parquet_files(root, "gpu")]
+        con = duckdb.connect()
+        if kind == "bare":
+            sql = "SELECT gpu_uuid, avg(util_gpu_pct) FROM read_parquet($f) GROUP BY gpu_uuid"
+        else:
+            sums = ", ".join(f"sum({c})" for c in SCAN_COLUMNS)
+            sql = f"SELECT gpu_uuid, count(*), max(ts), {sums} FROM read_parquet($f) GROUP BY gpu_uuid"
+        rows = con.execute(sql, {"f": files}).fetchall()
+        extra = {"groups": len(rows)}
+    print(json.dumps({"wall_s": time.perf_counter() - t0, **extra}))
+
+
+def measure(kind: str, root: Path) -> dict[str, float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", kind, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} failed with exit code {proc.returncode}")
+    result = json.loads(out)
+    result["process_s"] = time.perf_counter() - started
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="gpuaudit report benchmark")
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--child", choices=("report", "bare", "scan"))
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.dataset)
+        return
+    from gpuaudit.store import parquet_files
+
+    files = parquet_files(args.dataset, "gpu")
+    size_mb = sum(f.stat().st_size for f in files) / 1e6
+    print(
+        f"dataset {args.dataset}: {len(files)} gpu files, {size_mb:.0f} MB; {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.2f} (start)"
+    )
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "scan": [], "report": []}
+    for i in range(args.repeat):
+        for kind in runs:
+            r = measure(kind, args.dataset)
+            runs[kind].append(r)
+            print(
+                f"  run {i + 1} {kind:6s} {r['wall_s']:6.2f} s  (process {r['process_s']:.2f} s, "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB)",
+                flush=True,
+            )
+    best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in runs.items()}
+    ratio = best["report"]["wall_s"] / best["bare"]["wall_s"]
+    print(
+        f"best: report {best['report']['wall_s']:.2f} s (peak RSS {best['report']['peak_rss_mb']:.0f} MB), "
+        f"bare DuckDB GROUP BY {best['bare']['wall_s']:.2f} s, ratio {ratio:.1f}x; "
+        f"DuckDB scan of the report's columns {best['scan']['wall_s']:.2f} s "
+        f"({best['scan']['wall_s'] / best['bare']['wall_s']:.1f}x bare)"
+    )
+    print(
+        f"targets: report <= 10 s: {'met' if best['report']['wall_s'] <= 10 else 'NOT met'}; "
+        f"peak RSS <= 2048 MB: {'met' if best['report']['peak_rss_mb'] <= 2048 else 'NOT met'}; "
+        f"<= 3x bare: {'met' if ratio <= 3 else 'NOT met'}; load average {os.getloadavg()[0]:.2f} (end)"
+    )
+
+
+if __name__ == "__main__":
+    main()
