@@ -110,6 +110,22 @@ def stop(proc: subprocess.Popen[str]) -> int:
         return proc.wait()
 
 
+def write_config(dataset: Path, path: Path) -> Path:
+    """A gpuaudit.yaml mapping each demo engine to the simulated GPU its serve-sim drives."""
+    import yaml
+
+    from gpuaudit.store import read_table
+
+    gpus = read_table(dataset, "gpu", columns=["gpu_index", "gpu_uuid", "parent_uuid"]).to_pylist()
+    by_index = {g["gpu_index"]: g["gpu_uuid"] for g in gpus if g["parent_uuid"] is None}
+    engines = {e.model: [by_index[e.gpu_index]] for e in ENGINES if e.gpu_index in by_index}
+    doc = {"version": 1, "engines": engines}
+    path.write_text(
+        "# written by `gpuaudit demo`: which simulated GPU serves which engine\n" + yaml.safe_dump(doc)
+    )
+    return path
+
+
 def run_cli(*args: str, stdout: int | None = None) -> None:
     """Run a gpuaudit command; its output goes to the terminal unless captured."""
     r = subprocess.run(_gpuaudit(*args), stdout=stdout, text=True)

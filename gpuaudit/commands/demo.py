@@ -46,10 +46,12 @@ def register(app: typer.Typer) -> None:
         if code != 0:
             raise ConfigError(f"the sampler exited {code}")
         (out / "replay.json").write_text(json.dumps(results, indent=2, default=str))
-        _say("3/4 gpuaudit report")
-        steps.run_cli("report", str(dataset))
-        steps.run_cli("report", str(dataset), "--format", "json", "--output", str(out / "report.json"))
-        steps.run_cli("report", str(dataset), "--format", "html", "--output", str(out / "report.html"))
+        config = str(steps.write_config(dataset, out / "gpuaudit.yaml"))
+        _say(f"3/4 gpuaudit report --config {config}")
+        steps.run_cli("report", str(dataset), "--config", config)
+        for fmt in ("json", "html"):
+            steps.run_cli("report", str(dataset), "--config", config, "--format", fmt,
+                          "--output", str(out / f"report.{fmt}"))  # fmt: skip
         _say("4/4 gpuaudit recommend")
         steps.run_cli("recommend", str(dataset), "--model", steps.ENGINES[0].model, "--num-gpus", "1")
         _say(f"\nwrote: {dataset}/ (Parquet dataset), {out / 'report.json'}, {out / 'report.html'}, "
