@@ -22,8 +22,12 @@ def test_help_imports_nothing_heavy():
 
 
 def test_import_gpuaudit_needs_no_driver_or_vllm():
-    r = subprocess.run([sys.executable, "-c", "import gpuaudit, sys; print('vllm' in sys.modules)"],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", "import gpuaudit, sys; print('vllm' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "False"
 
 

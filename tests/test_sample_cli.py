@@ -180,9 +180,25 @@ def test_sample_scrapes_vllm_endpoints_and_records_outages(tmp_path, cli):
     with MetricsServer() as srv:
         good = srv.fixture_url("vllm-0.33-synthetic-t0")
         base = good.removesuffix("/metrics")  # a base URL works as well as the /metrics URL
-        r = cli("sample", "--out", str(tmp_path), "--gpu-backend", "simulated", "--simulated-gpus", "2",
-                "--interval", "0.2", "--engine-interval", "0.5", "--duration", "2",
-                "--vllm", base, "--vllm", closed_port_url())
+        r = cli(
+            "sample",
+            "--out",
+            str(tmp_path),
+            "--gpu-backend",
+            "simulated",
+            "--simulated-gpus",
+            "2",
+            "--interval",
+            "0.2",
+            "--engine-interval",
+            "0.5",
+            "--duration",
+            "2",
+            "--vllm",
+            base,
+            "--vllm",
+            closed_port_url(),
+        )
     assert r.returncode == 0, r.stderr
     engine = read_table(tmp_path, "engine").to_pylist()
     assert engine and {e["endpoint"] for e in engine} == {good}
@@ -197,8 +213,21 @@ def test_sample_scrapes_vllm_endpoints_and_records_outages(tmp_path, cli):
 
 def test_run_samples_while_command_runs_and_exits_with_its_code(tmp_path, cli):
     prog = "import sys, time; time.sleep(1.5); sys.exit(7)"
-    r = cli("run", "--out", str(tmp_path), "--gpu-backend", "simulated", "--simulated-gpus", "2",
-            "--interval", "0.2", "--", sys.executable, "-c", prog)
+    r = cli(
+        "run",
+        "--out",
+        str(tmp_path),
+        "--gpu-backend",
+        "simulated",
+        "--simulated-gpus",
+        "2",
+        "--interval",
+        "0.2",
+        "--",
+        sys.executable,
+        "-c",
+        prog,
+    )
     assert r.returncode == 7, r.stderr
     assert "exited 7 after" in r.stderr and "util mean" in r.stderr
     assert read_table(tmp_path, "gpu").num_rows >= 2

@@ -236,6 +236,7 @@ def run_command(flags: SampleFlags, cmd: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+
     def wait_then_stop() -> None:
         proc.wait()
         stop.set()
