@@ -31,7 +31,7 @@ def measured(
     reqs = make_requests(num_prompts=200, input_len=800, output_len=150, request_rate=12, seed=3)
     cal = load_calibration().with_correction(tpot_factor, ttft_factor)
     if overhead_s is not None:
-        cal = replace(cal, ttft_overhead_s=overhead_s)
+        cal = replace(cal, overheads={**cal.overheads, cfg.gpu.arch: overhead_s})
     res = simulate(cfg, reqs, calibration=cal).to_bench_dict(detailed=detailed)
     res |= {"request_rate": 12, "burstiness": 1.0, "max_concurrency": None}
     path = tmp_path / name
@@ -45,7 +45,7 @@ def test_fit_recovers_tpot_factor_and_overhead(tmp_path):
     m = measurement_from_result(measured(tmp_path, 1.3, overhead_s=0.040), ConfigFlags())
     fit = fit_calibration([m], load_calibration())
     assert fit.tpot_factor == pytest.approx(1.3, rel=0.02) and fit.ttft_factor == 1.0
-    assert fit.calibration.ttft_overhead_s == pytest.approx(0.040, abs=0.002)
+    assert fit.calibration.overhead_s(m.cfg.gpu) == pytest.approx(0.040, abs=0.002)
     row = fit.rows[0]
     assert row["before"]["mean_tpot_ms"] < 0.85 * m.tpot_ms  # the uncorrected simulator was off …
     assert row["after"]["mean_tpot_ms"] == pytest.approx(m.tpot_ms, rel=0.01)  # … the fit is not
@@ -57,7 +57,7 @@ def test_prefill_mode_fits_both_step_factors(tmp_path):
     fit = fit_calibration([m], load_calibration(), ttft="prefill")
     assert fit.tpot_factor == pytest.approx(1.3, rel=0.03)
     assert fit.ttft_factor < 0.9  # TTFT is a weak function of the prefill factor at this load: direction only
-    assert fit.calibration.ttft_overhead_s == load_calibration().ttft_overhead_s
+    assert fit.calibration.overhead_s(m.cfg.gpu) == load_calibration().overhead_s(m.cfg.gpu)
     assert fit.rows[0]["after"]["mean_ttft_ms"] == pytest.approx(m.ttft_ms, rel=0.02)
 
 

@@ -183,7 +183,7 @@ def test_replay_agrees_with_simulate_within_10_percent(tmp_path):
         assert value == pytest.approx(sim[key], rel=0.10), (key, value, sim[key])
     ttft_sum = next(x for x in page.splitlines() if x.startswith("vllm:time_to_first_token_seconds_sum"))
     server_ttft_ms = (
-        float(ttft_sum.rsplit(" ", 1)[1]) / 36 * 1000 / 0.5 + load_calibration().ttft_overhead_s * 1000
+        float(ttft_sum.rsplit(" ", 1)[1]) / 36 * 1000 / 0.5 + load_calibration().overhead_s(cfg.gpu) * 1000
     )
     # a request sent a few ms late may land one step (~45 ms) later: 25 % (issue 5's TTFT bar)
     assert server_ttft_ms == pytest.approx(sim["mean_ttft_ms"], rel=0.25)

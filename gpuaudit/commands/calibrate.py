@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 def render_fit(fit: CalibrationFit, out: Path) -> str:
     lines = [
         f"tpot_factor {fit.tpot_factor:.4f}  ttft_factor {fit.ttft_factor:.4f}  "
-        f"ttft_overhead_s {fit.calibration.ttft_overhead_s:.4f}",
+        "ttft_overhead_s "
+        + ", ".join(f"{k} {v:.4f}" for k, v in fit.calibration.meta["correction"]["ttft_overhead_s"].items()),
         f"{'file':<36}{'TPOT ms meas/before/after':>30}{'TTFT ms meas/before/after':>30}",
     ]
     for r in fit.rows:
@@ -73,5 +74,6 @@ def register(app: typer.Typer) -> None:
         write_json(out, json_safe(fit.calibration.to_dict()))
         c = fit.calibration
         summary = {"tpot_factor": fit.tpot_factor, "ttft_factor": fit.ttft_factor,
-                   "ttft_overhead_s": c.ttft_overhead_s, "rows": fit.rows, "out": str(out)}  # fmt: skip
+                   "ttft_overhead_s": c.meta["correction"]["ttft_overhead_s"],
+                   "rows": fit.rows, "out": str(out)}  # fmt: skip
         typer.echo(json.dumps(json_safe(summary), indent=2) if fmt == "json" else render_fit(fit, out))

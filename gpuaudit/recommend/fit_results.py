@@ -233,9 +233,9 @@ TtftModel = Literal["overhead", "prefill"]
 def _errors(ms: list[Measurement], cal: Calibration) -> tuple[float, float]:
     """Mean over files of log(predicted / measured) of mean TPOT, and of mean TTFT net of the
     calibration's fixed overhead (files whose TTFT does not exceed the overhead are left out)."""
-    ovh_ms = cal.ttft_overhead_s * 1000.0
     e_d, e_p = [], []
     for m in ms:
+        ovh_ms = cal.overhead_s(m.cfg.gpu) * 1000.0
         p = _predict(m, cal)
         e_d.append(math.log(p["mean_tpot_ms"] / m.tpot_ms))
         if m.ttft_ms > ovh_ms and p["mean_ttft_ms"] > ovh_ms:
@@ -305,7 +305,11 @@ def fit_calibration(
         shift_s = (
             sum(m.ttft_ms - p["mean_ttft_ms"] for m, p in zip(measurements, preds, strict=True)) / 1000.0
         )
-        cal = replace(cal, ttft_overhead_s=max(0.0, cal.ttft_overhead_s + shift_s / len(measurements)))
+        shift_s /= len(measurements)
+        overheads = dict(cal.overheads)
+        for m in measurements:  # the client-visible overhead is kept per GPU family
+            overheads[m.cfg.gpu.arch] = max(0.0, cal.overhead_s(m.cfg.gpu) + shift_s)
+        cal = replace(cal, overheads=overheads)
     before = [_predict(m, base) for m in measurements]
     preds = [_predict(m, cal) for m in measurements]
     rows = [
@@ -326,7 +330,7 @@ def fit_calibration(
         "tpot_factor": f_d,
         "ttft_factor": f_p,
         "ttft_model": ttft,
-        "ttft_overhead_s": cal.ttft_overhead_s,
+        "ttft_overhead_s": {m.cfg.gpu.arch: cal.overhead_s(m.cfg.gpu) for m in measurements},
         "fitted_from": [m.path for m in measurements],
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "simulations": runs + 2 * len(measurements),

@@ -198,16 +198,20 @@ def ensure_runnable(*, find_spec: Callable[[str], Any] = importlib.util.find_spe
     """ConfigError (with the install hint) unless vllm is importable and an NVIDIA GPU is visible."""
     if find_spec("vllm") is None:
         raise ConfigError("--mode vllm needs vLLM, which is not installed", hint=VLLM_HINT)
-    try:
-        import pynvml
+    from gpuaudit.errors import NvmlUnavailable
+    from gpuaudit.sources.nvml import NvmlBackend
 
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount()
-    except Exception as exc:  # NVMLError, missing library: no usable GPU either way
+    try:
+        backend = NvmlBackend.open()
+    except NvmlUnavailable as exc:  # no driver, no library: no usable GPU either way
         raise ConfigError(
             "--mode vllm needs an NVIDIA GPU, and NVML found none",
             hint="run it on a GPU host, or use --mode sim",
         ) from exc
+    try:
+        count = sum(1 for d in backend.devices() if d.parent_uuid is None)
+    finally:
+        backend.close()
     if count < 1:
         raise ConfigError("--mode vllm needs an NVIDIA GPU, and NVML found none", hint="use --mode sim")
 

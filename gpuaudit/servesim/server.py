@@ -84,7 +84,7 @@ class ServeSim:
     async def start(self) -> None:
         c = self.config
         self.engine = RealtimeEngine(c.engine, self.kv, self.cal, self.metrics, time_scale=c.time_scale)
-        overhead = c.overhead_s if c.overhead_s is not None else self.cal.ttft_overhead_s
+        overhead = c.overhead_s if c.overhead_s is not None else self.cal.overhead_s(c.engine.gpu)
         opts = ApiOptions(c.served_model_name, c.max_model_len, overhead, c.time_scale, c.max_num_queued_reqs)
         api = OpenAiApi(
             self.engine, self.metrics, opts, {"/gpu-load": self.gpu_load, "/sim/config": self.info}
