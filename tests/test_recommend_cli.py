@@ -152,7 +152,7 @@ def test_recommend_cli_bad_input(cli, tmp_path):
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
-        (["recommend", str(RECORDED), "--mode", "live"], 2, "not available yet"),
+        (["recommend", str(RECORDED), "--mode", "live"], 2, "--mode live needs --endpoint"),
         (["recommend", str(RECORDED), "--trace", "x.jsonl"], 2, "not both"),
         (["recommend"], 2, "DATASET or --trace"),
         (["recommend", "--trace", "nope.jsonl", "--model", MODEL], 3, "trace not found"),

@@ -285,7 +285,7 @@ def annotate(d: dict[str, Any], out: VllmOutcome) -> None:
 
 
 def text_lines(d: dict[str, Any], out: VllmOutcome) -> list[str]:
-    """Lines for the table/Markdown: which rows were measured, and each run's figures."""
+    """Lines for the table/Markdown: which rows were measured, each run's figures, why others were not."""
     rows = d.get("top") or d.get("near_misses") or []
     idx = [str(i) for i, row in enumerate(rows, 1) if row.get("label") == LABEL]
     lines = [
@@ -296,20 +296,19 @@ def text_lines(d: dict[str, Any], out: VllmOutcome) -> list[str]:
     for r in out.runs:
         m = r.to_dict()
         lines.append(
-            f"{r.candidate.label}: {m['output_throughput']} tok/s offline ({m['requests']} requests, vLLM "
-            f"{m['vllm_version']}), mean TPOT {m['mean_tpot_ms']} ms; simulator corrected TPOT "
+            f"{r.candidate.label}: {r.output_tok_per_s:,.0f} output tok/s offline ({m['requests']} requests, "
+            f"vLLM {m['vllm_version']}), mean TPOT {m['mean_tpot_ms']} ms; simulator corrected to it: TPOT "
             f"×{r.tpot_factor:.2f}, TTFT ×{r.ttft_factor:.2f}"
         )
-    lines += [f"{c}: not measured ({why})" for c, why in out.skipped if "--vllm-runs" not in why][:8]
+    groups: dict[str, int] = {}
+    for _, why in out.skipped:
+        groups[_reason_group(why)] = groups.get(_reason_group(why), 0) + 1
+    if groups:
+        lines.append("Not measured: " + "; ".join(f"{n} ({why})" for why, n in groups.items()))
     return lines
 
 
-def insert_text(text: str, lines: list[str], *, markdown: bool) -> str:
-    """Put the measurement lines between the configuration table and the recommendation."""
-    if markdown:
-        block, anchor = "\n".join(f"- {x}" for x in lines) + "\n\n", "### Recommended"
-    else:
-        block, anchor = "\n".join(lines) + "\n\n", "Recommended:"
-        text = text.replace("(simulated prediction):", "(simulated unless measured, see below):", 1)
-    at = text.find("\n" + anchor)
-    return text if at < 0 else text[: at + 1] + block + text[at + 1 :]
+def _reason_group(why: str) -> str:
+    if "; this host has" in why:
+        return "another GPU type" if " GPUs;" not in why else "more GPUs than this host has"
+    return why if len(why) <= 100 else why[:99] + "…"

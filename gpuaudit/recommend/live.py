@@ -94,10 +94,14 @@ def base_url(endpoint: str) -> str:
     return ReplayOptions(endpoint, "-").base_url
 
 
+def _loopback(url: str) -> bool:
+    from gpuaudit.replay.client import _loopback as loopback
+
+    return loopback(url)
+
+
 def _client(endpoint: str) -> Any:
     import httpx
-
-    from gpuaudit.replay.client import _loopback
 
     return httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=not _loopback(endpoint))
 
@@ -204,7 +208,7 @@ def measure(opts: LiveOptions, requests: Sequence[SimRequest], models: Sequence[
 
     base = ReplayOptions(opts.endpoint, models[0])
     served = pick_served_model(served_models(base.base_url), models, base.base_url)
-    info = probe_server(base.base_url, timeout_s=PROBE_TIMEOUT_S)
+    info = probe_server(base.base_url, timeout_s=PROBE_TIMEOUT_S, trust_env=not _loopback(base.base_url))
     scale = _server_time_scale(info, opts.time_scale, base.base_url)
     ropts = replace(base, model=served, time_scale=scale, duration_s=opts.duration_s)
     run = replay(to_replay_requests(requests), ropts)
@@ -285,8 +289,8 @@ def calibrate_live(
         path=f"live:{m.endpoint}", cfg=cfg, requests=m.requests, concurrency=None,
         tpot_ms=m.mean_tpot_ms, ttft_ms=m.mean_ttft_ms, output_throughput=m.output_tok_per_s,
     )  # fmt: skip
-    fit = fit_calibration([meas], base, ttft="overhead")  # its overhead step is redone below
-    cal = replace(fit.calibration, ttft_overhead_s=base.ttft_overhead_s)
+    fit = fit_calibration([meas], base, ttft="overhead")  # its TPOT factor; the overhead is redone below
+    cal = replace(fit.calibration, ttft_overhead_s=base.ttft_overhead_s, overheads=dict(base.overheads))
     before, mid = fit.rows[0]["before"], _predict(meas, cal)
     shift_s = (m.mean_ttft_ms - mid["mean_ttft_ms"]) / 1000.0
     cal = shift_overheads(cal, shift_s)
@@ -360,8 +364,3 @@ def annotate(d: dict[str, Any], m: LiveMeasurement, simulated: Evaluation | None
         if simulated is not None:
             d["current"]["simulated_p95_ttft_ms"] = round(simulated.ttft_p95_ms, 2)
             d["current"]["simulated_p95_tpot_ms"] = round(simulated.tpot_p95_ms, 2)
-
-
-def relabel_text(text: str) -> str:
-    """The table/Markdown summary's current line says "simulated p95"; make it say measured."""
-    return text.replace("; simulated p95 TTFT", f"; {LABEL} p95 TTFT", 1)

@@ -190,13 +190,26 @@ def _recommend(
     )  # fmt: skip
     _rank_and_advise(rec, ctx, cur_eval, price_of, opts.top)
     if opts.vllm is not None:
-        host = _host(cur, opts.overrides.num_gpus or host_gpus)
-        order = ips.run_order(rec.ranked, rec.near_misses, result.evaluations, price_of)
-        result.evaluations, rec.vllm = ips.measure_and_merge(
-            ctx, result.evaluations, order, host, opts.vllm, checkpoint=model_id
-        )
-        _rank_and_advise(rec, ctx, cur_eval, price_of, opts.top)
+        _run_in_vllm(rec, ctx, cur_eval, price_of, opts, host_gpus)
     return rec
+
+
+def _run_in_vllm(
+    rec: Recommendation,
+    ctx: SearchContext,
+    cur_eval: Any,
+    price_of: Callable[[str], float],
+    opts: Options,
+    host_gpus: int | None,
+) -> None:
+    """--mode vllm: measure the host-runnable candidates in vLLM, merge them in, rank again."""
+    assert opts.vllm is not None
+    host = _host(rec.current, opts.overrides.num_gpus or host_gpus)
+    order = ips.run_order(rec.ranked, rec.near_misses, rec.search.evaluations, price_of)
+    rec.search.evaluations, rec.vllm = ips.measure_and_merge(
+        ctx, rec.search.evaluations, order, host, opts.vllm, checkpoint=rec.model_id
+    )
+    _rank_and_advise(rec, ctx, cur_eval, price_of, opts.top)
 
 
 def _rank_and_advise(
@@ -409,9 +422,10 @@ def render_data(
         ips.annotate(d, vllm)
     if fmt == "json":
         return recommend_json.render_json(d)
-    text = (recommend_table.render_markdown if fmt == "markdown" else recommend_table.render_table)(d)
-    if live_m is not None:
-        text = live.relabel_text(text)
     if vllm is not None:
-        text = ips.insert_text(text, ips.text_lines(d, vllm), markdown=fmt == "markdown")
-    return text
+        d = {
+            **d,
+            "rows_label": "simulated unless measured, see below",
+            "measurement_lines": ips.text_lines(d, vllm),
+        }
+    return (recommend_table.render_markdown if fmt == "markdown" else recommend_table.render_table)(d)

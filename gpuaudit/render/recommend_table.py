@@ -67,7 +67,7 @@ def _summary_lines(d: dict[str, Any]) -> list[tuple[str, str]]:
             "Current",
             f"{c['num_gpus']}× {c['gpu']} (TP {c['tensor_parallel_size']}, {c['quantization']}, kv "
             f"{c['kv_cache_dtype']}, max_num_seqs {c['max_num_seqs']}): ${_num(c.get('usd_per_hour'), 2)}/h, "
-            f"${_num(c.get('usd_per_month_fixed'), 0)}/month; simulated p95 TTFT "
+            f"${_num(c.get('usd_per_month_fixed'), 0)}/month; {c.get('label', 'simulated')} p95 TTFT "
             f"{_num(c.get('p95_ttft_ms'), 0)} ms, TPOT {_num(c.get('p95_tpot_ms'), 1)} ms at peak",
         ))  # fmt: skip
     cal = d["calibration"]
@@ -134,7 +134,9 @@ def render_table(d: dict[str, Any]) -> str:
     title = (
         "Top configurations meeting the SLO" if d["top"] else "Closest configurations (none meets the SLO)"
     )
-    out += ["", f"{title} (simulated prediction):", *text_table(*config_rows(rows))]
+    out += ["", f"{title} ({d.get('rows_label', 'simulated prediction')}):", *text_table(*config_rows(rows))]
+    if d.get("measurement_lines"):
+        out += ["", *d["measurement_lines"]]
     lines, why = _recommended_lines(d)
     out += ["", "Recommended:", *[f"  {x}" for x in lines]]
     if why:
@@ -153,6 +155,8 @@ def render_markdown(d: dict[str, Any]) -> str:
         "Top configurations meeting the SLO" if d["top"] else "Closest configurations (none meets the SLO)"
     )
     out += ["", f"### {title}", "", *md_table(*config_rows(rows))]
+    if d.get("measurement_lines"):
+        out += ["", *[f"- {x}" for x in d["measurement_lines"]]]
     lines, why = _recommended_lines(d)
     out += ["", "### Recommended", ""]
     if d["recommended"]:
