@@ -18,8 +18,7 @@ the config's ``pricing:``, then the shipped defaults, first match wins.
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,32 +67,12 @@ HELD_MEM_FRAC = typer.Option(
     help="Idle time is idle-held when memory used/total >= this [default: 0.05].",
 )
 
-_RELATIVE = re.compile(r"^(?:now\s*-\s*)?(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def parse_when(text: str, *, option: str, now: datetime | None = None) -> datetime:
-    """An aware UTC datetime from ISO 8601 (naive = UTC), epoch seconds, ``now``, or a duration
-    back from now (``now-2h`` or ``2h``)."""
-    value = text.strip()
-    base = now or datetime.now(UTC)
-    if value == "now":
-        return base
-    rel = _RELATIVE.match(value)
-    if rel:
-        return base - timedelta(seconds=float(rel.group(1)) * _UNIT_S[rel.group(2)])
-    try:
-        return datetime.fromtimestamp(float(value), UTC)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"{option}: cannot parse time {text!r}",
-            hint="use ISO 8601 (2025-06-03T14:00:00Z), epoch seconds, or now-2h",
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    """See ``gpuaudit.importers.times.parse_time``: ISO 8601, epoch seconds, ``now``, ``now-2h``, ``2h``."""
+    from gpuaudit.importers.times import parse_time
+
+    return parse_time(text, option=option, now=now)
 
 
 def report_options(

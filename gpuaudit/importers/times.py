@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gpuaudit.errors import ConfigError
 
-_RELATIVE = re.compile(r"^now\s*(?:-\s*(\d+(?:\.\d+)?)\s*([smhd]))?$")
-_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# `now`, `now-2h`, or a bare `2h` (= now-2h)
+_RELATIVE = re.compile(r"^(?:now\s*(?:-\s*(\d+(?:\.\d+)?)\s*([smhdw]))?|(\d+(?:\.\d+)?)\s*([smhdw]))$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def parse_duration_s(text: str, *, option: str) -> float:
@@ -21,12 +22,14 @@ def parse_duration_s(text: str, *, option: str) -> float:
 
 
 def parse_time(text: str, *, option: str, now: datetime | None = None) -> datetime:
-    """An aware UTC datetime from ISO 8601 (naive = UTC), epoch seconds, ``now`` or ``now-2h``."""
+    """An aware UTC datetime from ISO 8601 (naive = UTC), epoch seconds, ``now``, or a duration
+    back from now (``now-2h`` or ``2h``). Shared by `import` and the report/check window options."""
     value = text.strip()
     rel = _RELATIVE.fullmatch(value)
     if rel:
         base = now or datetime.now(UTC)
-        back = float(rel.group(1)) * _UNIT_S[rel.group(2)] if rel.group(1) else 0.0
+        amount, unit = (rel.group(1), rel.group(2)) if rel.group(3) is None else (rel.group(3), rel.group(4))
+        back = float(amount) * _UNIT_S[unit] if amount else 0.0
         return base - timedelta(seconds=back)
     try:
         return datetime.fromtimestamp(float(value), UTC)
