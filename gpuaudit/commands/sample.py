@@ -170,19 +170,9 @@ def register(app: typer.Typer) -> None:
         """
         stop = threading.Event()
         _stop_on_signals(stop)
-        flags = _flags(
-            out=out,
-            interval=interval,
-            engine_interval=engine_interval,
-            duration=duration,
-            vllm=vllm,
-            gpu_backend=gpu_backend,
-            simulated_gpus=simulated_gpus,
-            host=host,
-            flush_interval=flush_interval,
-            seed=seed,
-            sim_load_urls=tuple(sim_load_url),
-        )
+        opts = dict(locals())
+        opts.pop("stop")
+        flags = _flags(sim_load_urls=tuple(opts.pop("sim_load_url")), **opts)
         stats = execute(flags, stop)
         print(
             f"wrote {stats.rows_written} rows to {out} ({stats.ticks} GPU ticks, {stats.scrapes} scrapes)",
@@ -201,21 +191,13 @@ def register(app: typer.Typer) -> None:
         host: str | None = HOST,
         flush_interval: float = FLUSH,
         seed: int = SEED,
+        sim_load_url: list[str] = SIM_LOAD,
     ) -> None:
         """Sample while CMD runs, then print a one-screen summary (like `time`); exits with CMD's code."""
-        flags = _flags(
-            out=out,
-            interval=interval,
-            engine_interval=engine_interval,
-            duration=None,
-            vllm=vllm,
-            gpu_backend=gpu_backend,
-            simulated_gpus=simulated_gpus,
-            host=host,
-            flush_interval=flush_interval,
-            seed=seed,
-        )
-        code = run_command(flags, cmd)
+        opts = dict(locals())
+        command = opts.pop("cmd")
+        flags = _flags(duration=None, sim_load_urls=tuple(opts.pop("sim_load_url")), **opts)
+        code = run_command(flags, command)
         raise typer.Exit(code)
 
 
