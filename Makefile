@@ -26,11 +26,13 @@ lint: dev
 	$(BIN)/ruff check gpuaudit tests benchmarks
 	$(BIN)/mypy gpuaudit
 
-smoke: install
-	$(BIN)/python -m gpuaudit --help > /dev/null
+smoke:  # a bare venv: no dev extras, no vllm, no driver
+	rm -rf .venv-smoke && $(PY) -m venv .venv-smoke
+	.venv-smoke/bin/pip install -q .
+	cd /tmp && $(CURDIR)/.venv-smoke/bin/python -c "import gpuaudit" && $(CURDIR)/.venv-smoke/bin/gpuaudit --help > /dev/null
 
 bench: install
 	$(BIN)/python benchmarks/bench_sampler.py
 
 clean:
-	rm -rf $(VENV) demo-output build *.egg-info
+	rm -rf $(VENV) .venv-smoke demo-output build *.egg-info
