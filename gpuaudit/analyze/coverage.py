@@ -15,7 +15,9 @@
 
 Every interval's quantities are values of its *first* sample, weighted by its duration.
 Because the gap threshold is never below 5 s, an interval of <= 5 s is always covered:
-those are summed at once; longer ones are kept until the GPU's median interval is known.
+those are summed at once, file by file in the scan's worker threads
+(:mod:`~gpuaudit.analyze.intervals`); longer ones, and those from one file to the next, are
+kept until the GPU's median interval is known.
 """
 
 from __future__ import annotations
@@ -26,13 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from gpuaudit.analyze.series import Chunk, OrderedScan, ScanSpec
+from gpuaudit.analyze.intervals import KEEP_COLUMNS, MIN_GAP_MS, UTIL_BINS, PartSums, interval_sums
+from gpuaudit.analyze.parquet_read import ScanSpec, codes_of, to_numpy
+from gpuaudit.analyze.series import OrderedScan, Part
 from gpuaudit.errors import DataError
-
-MIN_GAP_MS = 5000
-UTIL_BINS = 101  # utilization.gpu histogram, 1 % bins (NVML reports integers)
-DT_BINS = 4096  # exact interval counts below this many ms use a dense histogram
-SMALL_CHUNK = 4096  # interval sets smaller than this are batched before reducing
 
 GPU_SPEC = ScanSpec(
     table="gpu",
@@ -93,6 +92,23 @@ def read_static(con: Any, path: Path) -> dict[str, GpuStatic]:
     }
 
 
+def _mem_totals(path: Path) -> dict[str, float]:
+    """Per gpu_uuid in one file: max(mem_total_bytes), as :func:`read_static` has it (NaN:
+    none known)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=["gpu_uuid"])
+        table = pf.read(columns=["gpu_uuid", "mem_total_bytes"], use_threads=False)
+    except (pa.ArrowException, OSError, KeyError):  # read_static, in the main thread, reports bad files
+        return {}
+    codes, uuids = codes_of(table.column("gpu_uuid"), table.num_rows)
+    totals = np.full(len(uuids), np.nan)
+    np.fmax.at(totals, codes, to_numpy(table.column("mem_total_bytes")).astype(np.float64))
+    return dict(zip(uuids, totals.tolist(), strict=True))
+
+
 @dataclass(frozen=True)
 class GpuStats:
     """Raw per-GPU sums over the window (ms and mJ); ``gpus.py`` turns them into report rows."""
@@ -122,59 +138,15 @@ class GpuStats:
         return s["energy_counter_mj"]
 
 
-# Interval flags, one bit each; every *_ms quantity is the duration summed where a flag mask holds.
-FLAGS = ("util_ms", "idle_ms", "held_ms", "mem_ms", "power_ms", "sm_ms", "tensor_ms", "counter")
-_BITS = (np.arange(256)[:, None] >> np.arange(len(FLAGS))) & 1
-# Columns: each flag, then "energy_unknown_ms" (no counter and no power) and "covered_ms" (all).
-FLAG_MASKS = np.c_[_BITS, (1 - _BITS[:, 7]) * (1 - _BITS[:, 4]), np.ones(256)].astype(np.float64)
-FLAG_COLUMNS = (*FLAGS, "energy_unknown_ms", "covered_ms")
-UTIL_KNOWN_FLAGS = np.flatnonzero(_BITS[:, 0])
-PRODUCTS = (
-    "util_x_ms",
-    "mem_x_ms",
-    "power_x_ms",
-    "sm_x_ms",
-    "tensor_x_ms",
-    "energy_counter_mj",
-    "energy_power_mj",
-)
-
-
-@dataclass
-class _Intervals:
-    """Per interval: series key, duration, flag byte, utilization bin and value x duration products."""
-
-    key: np.ndarray
-    dt: np.ndarray
-    flags: np.ndarray
-    bins: np.ndarray
-    products: dict[str, np.ndarray]
-
-    def select(self, mask: np.ndarray) -> _Intervals:
-        return _Intervals(
-            self.key[mask],
-            self.dt[mask],
-            self.flags[mask],
-            self.bins[mask],
-            {k: v[mask] for k, v in self.products.items()},
-        )
-
-
-def _concat_intervals(parts: list[_Intervals]) -> _Intervals:
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
-
-    return _Intervals(
-        cat("key"),
-        cat("dt"),
-        cat("flags"),
-        cat("bins"),
-        {q: np.concatenate([p.products[q] for p in parts]) for q in PRODUCTS},
-    )
-
-
 @dataclass
 class GpuAccumulator:
+    """Consumes the ordered scan of the gpu table (:class:`~gpuaudit.analyze.series.Part` s).
+
+    Each file's own intervals are summed in the scan's worker threads (:meth:`prepare`,
+    :func:`~gpuaudit.analyze.intervals.interval_sums`); here, in file order, the sums are
+    added per GPU, and the intervals between files are linked. Those, and the intervals
+    longer than MIN_GAP_MS, are reduced in :meth:`finish`, once the gap thresholds are known."""
+
     scan: OrderedScan
     idle_util_pct: float
     held_mem_frac: float
@@ -185,10 +157,9 @@ class GpuAccumulator:
     first_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     mem_total: np.ndarray = field(default_factory=lambda: np.zeros(0))
     static: list[GpuStatic] = field(default_factory=list)
-    long: list[_Intervals] = field(default_factory=list)
-    small: list[_Intervals] = field(default_factory=list)
-    small_rows: int = 0
+    kept: list[dict[str, np.ndarray]] = field(default_factory=list)
     dt_counts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    known_totals: dict[tuple[str, ...], float] = field(default_factory=dict)
 
     def _grow(self, n: int) -> None:
         old = len(self.samples)
@@ -208,120 +179,59 @@ class GpuAccumulator:
             self.static.append(cache[path].get(self.scan.pool.keys[k][-1], GpuStatic()))
         totals = [np.nan if st.mem_total_bytes is None else st.mem_total_bytes for st in self.static[old:]]
         self.mem_total = np.r_[self.mem_total, np.array(totals, dtype=np.float64)]
+        for k in range(old, n):
+            self.known_totals[self.scan.pool.keys[k]] = float(self.mem_total[k])
 
-    def add(self, chunk: Chunk) -> None:
-        n = chunk.n_keys
-        self._grow(n)
-        key = chunk.key
-        if chunk.fresh.all():
-            counts = np.bincount(key, minlength=n)
-            self.samples += counts
-            new = np.flatnonzero((counts > 0) & (self.first_ms == np.iinfo(np.int64).max))
-            if len(new):
-                firsts = np.full(n, np.iinfo(np.int64).max)
-                np.minimum.at(firsts, key, chunk.ts)
-                self.first_ms[new] = firsts[new]
-        has_next = chunk.nxt >= 0
-        dt = chunk.dt_ms().astype(np.float64)
-        self._count_intervals(key[has_next], dt[has_next], n)
-        iv = self._intervals(chunk, dt, has_next)
-        long = dt > MIN_GAP_MS
-        if long.any():
-            self.long.append(iv.select(long))
-            iv = iv.select(~long)
-        if len(iv.key) < SMALL_CHUNK:  # the links between chunks: a few rows each, batched
-            self.small.append(iv)
-            self.small_rows += len(iv.key)
-            if self.small_rows >= SMALL_CHUNK:
-                self._flush_small(n)
+    def prepare(self, loaded: Any) -> PartSums:
+        """In a worker thread: one file's own intervals. The memory totals are the GPUs' (as
+        known so far), else the file's own; :meth:`add` checks them."""
+        keys = [loaded.keys[g] for g in loaded.group_keys.tolist()]
+        totals = [self.known_totals.get(key) for key in keys]
+        if any(t is None for t in totals):
+            own = _mem_totals(loaded.path)
+            totals = [
+                own.get(key[-1], np.nan) if t is None else t for key, t in zip(keys, totals, strict=True)
+            ]
+        return self._sums(loaded.ts, loaded.num, loaded.starts, np.asarray(totals, dtype=np.float64))
+
+    def _sums(
+        self, ts: np.ndarray, num: dict[str, np.ndarray], starts: np.ndarray, totals: np.ndarray
+    ) -> PartSums:
+        return interval_sums(ts, num, starts, totals, self.idle_util_pct, self.held_mem_frac)
+
+    def add(self, part: Part) -> None:
+        self._grow(part.n_keys)
+        key, firsts = part.key, part.starts[:-1]
+        self.samples[key] += part.counts
+        new = self.first_ms[key] == np.iinfo(np.int64).max
+        self.first_ms[key[new]] = part.ts[firsts[new]]
+        self._links(part)
+        ps = part.prepared
+        totals = self.mem_total[key]
+        if not isinstance(ps, PartSums) or not np.array_equal(ps.mem_total, totals, equal_nan=True):
+            ps = self._sums(part.ts, part.num, part.starts, totals)
+        for name, values in ps.sums.items():
+            self.sums[name][key] += values
+        self.util_hist[key] += ps.util_hist
+        self.dt_counts.append((key[ps.dt_group] * (1 << 40) + ps.dt_ms, ps.dt_n))
+        if ps.kept:
+            kept = dict(ps.kept)
+            kept["key"] = key[kept.pop("group")]
+            self.kept.append(kept)
+
+    def _links(self, part: Part) -> None:
+        """Each GPU's interval from its last sample in an earlier part to its first one here."""
+        h = np.flatnonzero(part.has_prev)
+        if len(h) == 0:
             return
-        self._reduce(iv, n)
-
-    def _flush_small(self, n: int) -> None:
-        if self.small:
-            self._reduce(_concat_intervals(self.small), n)
-        self.small, self.small_rows = [], 0
-
-    def _intervals(self, chunk: Chunk, dt: np.ndarray, has_next: np.ndarray) -> _Intervals:
-        """Every row's interval (dt = 0 where the row has no next sample yet). Values are never
-        negative, so ``fmax(x, 0)`` turns NULL (NaN) into 0 in the value x duration products."""
-        num = chunk.num
-        util, power, sm, tensor = (
-            num["util_gpu_pct"],
-            num["power_w"],
-            num["sm_active_pct"],
-            num["tensor_active_pct"],
-        )
+        key, first = part.key[h], part.starts[h]
+        d = part.ts[first] - part.prev_ts[h]
+        prev = {c: v[h] for c, v in part.prev_num.items()}
         with np.errstate(invalid="ignore", divide="ignore"):
-            mem = num["mem_used_bytes"] / self.mem_total[chunk.key]
-        e0 = num["energy_mj"]
-        e1 = e0[np.where(has_next, chunk.nxt, 0)]
-        util_known, power_known = util == util, power == power
-        counter = has_next & (e0 == e0) & (e1 == e1)
-        idle = util <= self.idle_util_pct
-        masks = (
-            util_known,
-            idle,
-            idle & (mem >= self.held_mem_frac),
-            mem == mem,
-            power_known,
-            sm == sm,
-            tensor == tensor,
-            counter,
-        )
-        flags = masks[0].view(np.uint8).copy()
-        for bit, mask in enumerate(masks[1:], start=1):
-            flags |= mask.view(np.uint8) << np.uint8(bit)
-        no_counter_dt = np.where(counter, 0.0, dt)
-        products = {
-            "util_x_ms": np.fmax(util, 0.0) * dt,
-            "mem_x_ms": np.fmax(mem, 0.0) * dt,
-            "power_x_ms": np.fmax(power, 0.0) * dt,
-            "sm_x_ms": np.fmax(sm, 0.0) * dt,
-            "tensor_x_ms": np.fmax(tensor, 0.0) * dt,
-            "energy_counter_mj": np.where(counter, np.where(e1 >= e0, e1 - e0, e1), 0.0),
-            "energy_power_mj": np.fmax(power, 0.0) * no_counter_dt,
-        }
-        bins = np.fmax(util, 0.0).round().clip(0, UTIL_BINS - 1).astype(np.int64)
-        return _Intervals(chunk.key, dt, flags.astype(np.int64), bins, products)
-
-    def _reduce(self, iv: _Intervals, n: int) -> None:
-        """Add intervals to the per-GPU sums: durations by (GPU, flags) and by (GPU, util bin),
-        then one bincount per value x duration product."""
-        if len(iv.key) == 0:
-            return
-        present = np.flatnonzero(np.bincount(iv.key, minlength=n))
-        k = len(present)
-        if k == 1:
-            local = np.zeros(len(iv.key), dtype=np.int64)
-        else:
-            lut = np.zeros(n, dtype=np.int64)
-            lut[present] = np.arange(k)
-            local = lut[iv.key]
-        by_flag = (
-            np.bincount(local * 256 + iv.flags, weights=iv.dt, minlength=k * 256).reshape(k, 256) @ FLAG_MASKS
-        )
-        for c, name in enumerate(FLAG_COLUMNS):
-            if name != "counter":
-                self.sums[name][present] += by_flag[:, c]
-        util_dt = np.where(iv.flags & 1, iv.dt, 0.0)
-        hist = np.bincount(local * UTIL_BINS + iv.bins, weights=util_dt, minlength=k * UTIL_BINS)
-        self.util_hist[present] += hist.reshape(k, UTIL_BINS)
-        for name, values in iv.products.items():
-            self.sums[name][present] += np.bincount(local, weights=values, minlength=k)
-
-    def _count_intervals(self, keys: np.ndarray, dt: np.ndarray, n: int) -> None:
-        """Interval counts per (GPU, duration in ms), for the median interval."""
-        dt_i = dt.astype(np.int64)
-        small = dt_i < DT_BINS
-        if n * DT_BINS <= 1 << 21:
-            counts = np.bincount(keys[small] * DT_BINS + dt_i[small], minlength=n * DT_BINS)
-            nz = np.flatnonzero(counts)
-            self.dt_counts.append((nz // DT_BINS * (1 << 40) + nz % DT_BINS, counts[nz]))
-            if small.all():
-                return
-            keys, dt_i = keys[~small], dt_i[~small]
-        uniq, counts = np.unique(keys * (1 << 40) + dt_i, return_counts=True)
+            prev["mem"] = prev["mem_used_bytes"] / self.mem_total[key]
+        prev["e1"] = part.num["energy_mj"][first]
+        self.kept.append({"key": key, "dt": d.astype(np.float64), **{c: prev[c] for c in KEEP_COLUMNS}})
+        uniq, counts = np.unique(key * (1 << 40) + d, return_counts=True)
         self.dt_counts.append((uniq, counts))
 
     def finish(self) -> list[GpuStats]:
@@ -330,17 +240,14 @@ class GpuAccumulator:
         thresholds, medians = self._thresholds(n)
         unobserved = np.zeros(n)
         gaps = np.zeros(n, dtype=np.int64)
-        self._flush_small(n)
-        if self.long:
-            lg = _concat_intervals(self.long)
-            covered = lg.dt <= thresholds[lg.key]
-            self._reduce(lg.select(covered), n)
-            unobserved += np.bincount(lg.key[~covered], weights=lg.dt[~covered], minlength=n)
-            gaps += np.bincount(lg.key[~covered], minlength=n)
-        last = self.scan.final_rows()
-        last_ms = np.zeros(n, dtype=np.int64)
-        if last is not None:
-            last_ms[last.key] = last.ts
+        if self.kept:
+            kept = {c: np.concatenate([k[c] for k in self.kept]) for c in self.kept[0]}
+            covered = kept["dt"] <= thresholds[kept["key"]]
+            self._reduce_kept({c: v[covered] for c, v in kept.items()}, n)
+            key, dt = kept["key"][~covered], kept["dt"][~covered]
+            unobserved += np.bincount(key, weights=dt, minlength=n)
+            gaps += np.bincount(key, minlength=n)
+        last_ms = np.where(self.scan.has_last, self.scan.last_ts, 0)
         return [
             GpuStats(
                 host=self.scan.pool.keys[k][0],
@@ -359,6 +266,40 @@ class GpuAccumulator:
             for k in range(n)
             if self.samples[k] > 0
         ]
+
+    def _reduce_kept(self, iv: dict[str, np.ndarray], n: int) -> None:
+        """The definitions, interval by interval (for the few intervals kept apart)."""
+        key, dt = iv["key"], iv["dt"]
+        util, mem, power = iv["util_gpu_pct"], iv["mem"], iv["power_w"]
+        sm, tensor, e0, e1 = iv["sm_active_pct"], iv["tensor_active_pct"], iv["energy_mj"], iv["e1"]
+        counter = (e0 == e0) & (e1 == e1)
+        with np.errstate(invalid="ignore"):
+            idle = util <= self.idle_util_pct
+            held = idle & (mem >= self.held_mem_frac)
+            delta = np.where(counter, np.where(e1 >= e0, e1 - e0, e1), 0.0)
+        parts = {
+            "covered_ms": dt,
+            "util_ms": dt * (util == util),
+            "util_x_ms": np.fmax(util, 0.0) * dt,
+            "idle_ms": dt * idle,
+            "held_ms": dt * held,
+            "mem_ms": dt * (mem == mem),
+            "mem_x_ms": np.fmax(mem, 0.0) * dt,
+            "power_ms": dt * (power == power),
+            "power_x_ms": np.fmax(power, 0.0) * dt,
+            "energy_counter_mj": delta,
+            "energy_power_mj": np.fmax(power, 0.0) * np.where(counter, 0.0, dt),
+            "energy_unknown_ms": dt * (~counter & (power != power)),
+            "sm_ms": dt * (sm == sm),
+            "sm_x_ms": np.fmax(sm, 0.0) * dt,
+            "tensor_ms": dt * (tensor == tensor),
+            "tensor_x_ms": np.fmax(tensor, 0.0) * dt,
+        }
+        for name, values in parts.items():
+            self.sums[name] += np.bincount(key, weights=values, minlength=n)
+        bins = np.fmax(util, 0.0).round().clip(0, UTIL_BINS - 1).astype(np.int64)
+        hist = np.bincount(key * UTIL_BINS + bins, weights=dt * (util == util), minlength=n * UTIL_BINS)
+        self.util_hist += hist.reshape(n, UTIL_BINS)
 
     def _thresholds(self, n: int) -> tuple[np.ndarray, list[float | None]]:
         """Per GPU: the gap threshold max(5 s, 3 x median interval), and that median."""

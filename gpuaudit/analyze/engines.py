@@ -22,7 +22,8 @@ How: between restarts a counter only grows, so one hash aggregate per (series,
 last - first in the first segment and last in each later one. A series without
 ``counters_created_s``, or whose counters are not monotonic within a segment, is computed
 row by row with a window instead (:mod:`gpuaudit.analyze.engines_exact`). Histogram bucket
-lists are read only at the segment boundaries.
+lists are read only at the segment boundaries. The same scan lists each segment's rows (time,
+generation counter, file, row) for the rates: the engine files are read once.
 """
 
 from __future__ import annotations
@@ -114,9 +115,12 @@ class Source:
     since: datetime | None
     until: datetime | None
 
-    def cte(self, extra_where: str = "", columns: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
+    def cte(
+        self, extra_where: str = "", columns: Sequence[str] | None = None, *, row_numbers: bool = False
+    ) -> tuple[str, dict[str, Any]]:
         """``src``: the window's rows, series columns never NULL, ``t`` = epoch ms. ``columns``
-        limits what is read (``*`` otherwise)."""
+        limits what is read (``*`` otherwise); ``row_numbers`` adds each row's ``file_index``
+        (in ``files``) and ``file_row_number``."""
         conds = [
             c
             for c in ("ts >= $since" if self.since else "", "ts < $until" if self.until else "", extra_where)
@@ -131,15 +135,15 @@ class Source:
         cols = (
             "* REPLACE (" + series + ")" if columns is None else ", ".join([series, *(q(c) for c in columns)])
         )
+        extra, options = "", "filename = true"
+        if row_numbers:  # (``*`` has file_row_number already)
+            extra = ", file_index" if columns is None else ", file_index, file_row_number"
+            options += ", file_row_number = true"
         sql = (
-            f"src AS (SELECT {cols}, epoch_ms(ts) AS t, source = 'simulated' AS sim "
-            f"FROM read_parquet($files, filename = true) {'WHERE ' + ' AND '.join(conds) if conds else ''})"
+            f"src AS (SELECT {cols}, epoch_ms(ts) AS t, source = 'simulated' AS sim{extra} "
+            f"FROM read_parquet($files, {options}) {'WHERE ' + ' AND '.join(conds) if conds else ''})"
         )
         return sql, params
-
-
-def _ms(ts: datetime | None) -> int | None:
-    return None if ts is None else int(ts.timestamp() * 1000)
 
 
 def engine_stats(
@@ -151,12 +155,10 @@ def engine_stats(
     import duckdb
 
     from gpuaudit.analyze.engines_exact import exact_series
-    from gpuaudit.analyze.rates import engine_rates
 
     src = Source(tuple(str(f) for f in files), since, until)
     try:
-        rates, dipped = engine_rates(files, since_ms=_ms(since), until_ms=_ms(until))
-        results, slow = _segments(con, src)
+        results, slow, rates, dipped = _segments(con, src)
         slow |= {k for k in results if k in dipped}  # a counter fell inside one process: go row by row
         for k in slow:
             results.pop(k, None)
@@ -173,30 +175,39 @@ def engine_stats(
     return [_engine(k, ranks, rates.get(k), buckets.get(k, {})) for k, ranks in engines.items()]
 
 
-def _segments(con: Any, src: Source) -> tuple[dict[SeriesKey, SeriesResult], set[SeriesKey]]:
+RATE_LISTS = ("rate_t", "rate_gen", "rate_file", "rate_row")
+
+
+def _segments(
+    con: Any, src: Source
+) -> tuple[
+    dict[SeriesKey, SeriesResult], set[SeriesKey], dict[EngineKey, RateSeries], set[tuple[str, str, str, str]]
+]:
     """Per (series, counters_created_s) segment: each counter's min and max (its first and last
     value, as it only grows between restarts: checked on generation_tokens); the series that
-    need the exact path."""
+    need the exact path; and, from the same scan, the rates (each segment also lists its rows'
+    times and generation counters, with their file and row, to restore the files' order)."""
     cols = sorted(set(COUNTERS.values()))
     gen = q("generation_tokens_total")
     aggs = [f"min({q(c)}) AS lo{i}, max({q(c)}) AS hi{i}" for i, c in enumerate(cols)]
-    cte, params = src.cte()
-    cur = con.execute(
-        f"WITH {cte} SELECT {', '.join(SERIES)}, counters_created_s AS created, count(*) AS n, min(t) AS "
-        "first_t, "
-        "max(t) AS last_t, arg_min(filename, t) AS first_file, arg_max(filename, t) AS last_file, "
+    cte, params = src.cte(row_numbers=True)
+    table = con.sql(
+        f"WITH {cte} SELECT {', '.join(SERIES)}, counters_created_s AS created, count(*) AS n, "
+        "min(t) AS first_t, max(t) AS last_t, arg_min(filename, t) AS first_file, "
+        "arg_max(filename, t) AS last_file, "
         f"arg_min({gen}, t) FILTER (WHERE {gen} IS NOT NULL) AS gen_first, "
         f"arg_max({gen}, t) FILTER (WHERE {gen} IS NOT NULL) AS gen_last, "
         "bool_or(sim) AS sim, sum(kv_cache_usage_frac) AS kv_sum, count(kv_cache_usage_frac) AS kv_n, "
         "max(kv_cache_usage_frac) AS kv_max, sum(num_requests_running) AS running_sum, "
         "count(num_requests_running) AS running_n, sum(num_requests_waiting) AS waiting_sum, "
-        f"count(num_requests_waiting) AS waiting_n, {', '.join(aggs)} FROM src GROUP BY ALL ORDER BY first_t",
-        params,
-    )
-    names = [d[0] for d in cur.description]
+        f"count(num_requests_waiting) AS waiting_n, {', '.join(aggs)}, list(t) AS rate_t, "
+        f"list({gen}) AS rate_gen, list(file_index) AS rate_file, list(file_row_number) AS rate_row "
+        "FROM src GROUP BY ALL ORDER BY first_t",
+        params=params,
+    ).to_arrow_table()
+    records = table.drop_columns(list(RATE_LISTS)).to_pylist()
     by_series: dict[SeriesKey, list[dict[str, Any]]] = {}
-    for row in cur.fetchall():
-        rec = dict(zip(names, row, strict=True))
+    for rec in records:
         by_series.setdefault(tuple(rec[s] for s in SERIES), []).append(rec)
     results: dict[SeriesKey, SeriesResult] = {}
     slow: set[SeriesKey] = set()
@@ -206,7 +217,28 @@ def _segments(con: Any, src: Source) -> tuple[dict[SeriesKey, SeriesResult], set
             slow.add(key)
         else:
             results[key] = res
-    return results, slow
+    return results, slow, *_rates(table, records)
+
+
+def _rates(
+    table: Any, records: list[dict[str, Any]]
+) -> tuple[dict[EngineKey, RateSeries], set[tuple[str, str, str, str]]]:
+    """Rates (:func:`~gpuaudit.analyze.rates.engine_rates`) from the segments' row lists, put
+    back in the files' order."""
+    from gpuaudit.analyze.parquet_read import to_numpy
+    from gpuaudit.analyze.rates import engine_rates
+
+    keys = sorted({(r["host"], r["endpoint"], r["model_name"], r["engine"]) for r in records})
+    index = {k: i for i, k in enumerate(keys)}
+    lists = [table.column(c).combine_chunks() for c in RATE_LISTS]
+    t, gen, file, row = (to_numpy(x.flatten()) for x in lists)
+    lengths = np.diff(to_numpy(lists[0].offsets))  # (list() keeps NULLs: all four align)
+    series = np.repeat(
+        [index[(r["host"], r["endpoint"], r["model_name"], r["engine"])] for r in records], lengths
+    )
+    created = np.repeat([np.nan if r["created"] is None else r["created"] for r in records], lengths)
+    order = np.lexsort((row, file))
+    return engine_rates(series[order], t[order], gen[order].astype(np.float64), created[order], keys)
 
 
 def _from_segments(segs: list[dict[str, Any]], cols: list[str]) -> SeriesResult | None:

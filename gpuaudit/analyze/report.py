@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +67,10 @@ def build_report(root: Path, opts: ReportOptions) -> Report:
         for t in ("gpu", "engine", "process", "event")
     }
     con = duckdb.connect()
+    engine_con = con.cursor()  # the engine table's DuckDB queries run beside the GPU scan
+    pool = ThreadPoolExecutor(1, thread_name_prefix="gpuaudit-engines")
     try:
+        pending = pool.submit(engine_stats, engine_con, files["engine"], since=opts.since, until=opts.until)
         scan = run_scan(
             files["gpu"],
             GPU_SPEC,
@@ -75,7 +79,7 @@ def build_report(root: Path, opts: ReportOptions) -> Report:
             until_ms=_ms(opts.until),
         )
         stats = scan.consumer.finish()
-        engines = engine_stats(con, files["engine"], since=opts.since, until=opts.until)
+        engines = pending.result()
         if not stats and not engines:
             window = (
                 "" if not (opts.since or opts.until or opts.host_glob) else " in the selected window/hosts"
@@ -91,6 +95,8 @@ def build_report(root: Path, opts: ReportOptions) -> Report:
             )
         return _assemble(con, opts, files, stats, engines, notes)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        engine_con.close()
         con.close()
 
 
