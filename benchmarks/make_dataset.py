@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gpuaudit.digest.footer import digest_metadata
 from gpuaudit.schema import FINISHED_REASONS, table_schema
 from gpuaudit.store import file_metadata, partition_value, table_dir
 
@@ -254,7 +255,7 @@ def process_hour(
 def write(root: Path, table: str, host: str, hour: datetime, data: pa.Table, session: str) -> int:
     path = table_dir(root, table) / f"date={hour:%Y-%m-%d}" / f"host={partition_value(host)}"
     path.mkdir(parents=True, exist_ok=True)
-    meta = file_metadata({"interval_s": 1.0, "simulated": True})
+    meta = {**file_metadata({"interval_s": 1.0, "simulated": True}), **digest_metadata(table, data)}
     data = data.replace_schema_metadata({**(data.schema.metadata or {}), **meta})
     pq.write_table(
         data, path / f"{hour:%Y-%m-%dT%H}-{session}.parquet", compression="zstd", row_group_size=1 << 20

@@ -76,9 +76,14 @@ def rows_to_table(table: str, rows: Sequence[Mapping[str, object]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def _write_atomic(path: Path, data: pa.Table, metadata: dict[bytes, bytes]) -> None:
+def _write_atomic(path: Path, table: str, data: pa.Table, metadata: dict[bytes, bytes]) -> None:
+    """Write ``data`` (rows of ``table``) to ``path`` atomically, with its digest
+    (:mod:`gpuaudit.digest`) in the same file."""
     import pyarrow.parquet as pq
 
+    from gpuaudit.digest.footer import digest_metadata
+
+    metadata = {**metadata, **digest_metadata(table, data)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +194,7 @@ class DatasetWriter:
             self._drop_old_hours(table, hour)
         new = rows_to_table(table, rows)
         candidate = pa.concat_tables([*buf.parts, new]) if buf.parts else new
-        _write_atomic(buf.path, candidate, file_metadata(self._metadata))
+        _write_atomic(buf.path, table, candidate, file_metadata(self._metadata))
         buf.parts = [candidate.combine_chunks()]
         self.files_written.add(buf.path)
 
@@ -231,7 +236,7 @@ def write_table_atomic(
                     / f"host={partition_value(host)}"
                     / f"{name}.parquet"
                 )
-                _write_atomic(path, part, file_metadata(metadata))
+                _write_atomic(path, table, part, file_metadata(metadata))
                 written.append(path)
     except BaseException:
         for p in written:

@@ -30,7 +30,7 @@ import numpy as np
 
 from gpuaudit.analyze.intervals import KEEP_COLUMNS, MIN_GAP_MS, UTIL_BINS, PartSums, interval_sums
 from gpuaudit.analyze.parquet_read import ScanSpec, codes_of, to_numpy
-from gpuaudit.analyze.series import OrderedScan, Part
+from gpuaudit.analyze.series import DigestMismatch, OrderedScan, Part
 from gpuaudit.errors import DataError
 
 GPU_SPEC = ScanSpec(
@@ -182,6 +182,13 @@ class GpuAccumulator:
         for k in range(old, n):
             self.known_totals[self.scan.pool.keys[k]] = float(self.mem_total[k])
 
+    def digest_source(self) -> Any:
+        """Parts from the files' digests where they stand for the rows (:mod:`gpuaudit.digest.gpu`)."""
+        from gpuaudit.digest.gpu import GpuDigests
+
+        reader = self.scan.reader
+        return GpuDigests(self.idle_util_pct, self.held_mem_frac, reader.since_ms, reader.until_ms)
+
     def prepare(self, loaded: Any) -> PartSums:
         """In a worker thread: one file's own intervals. The memory totals are the GPUs' (as
         known so far), else the file's own; :meth:`add` checks them."""
@@ -209,6 +216,8 @@ class GpuAccumulator:
         ps = part.prepared
         totals = self.mem_total[key]
         if not isinstance(ps, PartSums) or not np.array_equal(ps.mem_total, totals, equal_nan=True):
+            if part.row_counts is not None:  # a digest, of other memory totals: no rows to redo it
+                raise DigestMismatch
             ps = self._sums(part.ts, part.num, part.starts, totals)
         for name, values in ps.sums.items():
             self.sums[name][key] += values

@@ -2,7 +2,7 @@
 
 A file is read whole (or, past BATCH_ROWS rows, in batches) with pyarrow, only the columns
 the scan needs, series keys as dictionary codes; its rows are then grouped by series, each
-group in time order (:func:`_layout`): the sampler writes one row per GPU per tick, always
+group in time order (:func:`group_layout`): the sampler writes one row per GPU per tick, always
 in the same order, so a transpose groups them without sorting; other files get a stable
 radix sort by series (a series keeps the file's order, which is checked). Numbers become
 float64 numpy arrays with NaN for NULL, read from the Arrow buffers directly (pyarrow's
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import numpy as np
@@ -43,6 +43,17 @@ class Loaded:
     ts: np.ndarray
     num: dict[str, np.ndarray]
     prepared: Any = None
+    row_counts: np.ndarray | None = None  # a digest's part: the real row counts (see Part.counts)
+
+
+class DigestSource(Protocol):
+    """Parts from file digests (:mod:`gpuaudit.digest`), for a consumer that can use them."""
+
+    def load(self, path: Path) -> Any | None:
+        """The file's digest if it stands for the file's rows in this scan, else None."""
+
+    def parts(self, run: list[tuple[Any, Path]]) -> list[Loaded]:
+        """Consecutive files' digests (as ``load`` returned them) as parts, in order."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,7 @@ class _Layout:
         return x if self.order is None else x[self.order]
 
 
-def _layout(codes: np.ndarray, ts: np.ndarray, n_codes: int, *, strict: bool = False) -> _Layout | None:
+def group_layout(codes: np.ndarray, ts: np.ndarray, n_codes: int, *, strict: bool = False) -> _Layout | None:
     """Group rows by code, each group in time order (the file's order where it is one)."""
     n = len(codes)
     counts = np.bincount(codes, minlength=n_codes)
@@ -199,14 +210,26 @@ class FileReader:
             hint="a file may be corrupt; move it aside and retry",
         )
 
-    def read_many(self, paths: Sequence[Path]) -> list[Loaded | BigFile]:
+    def read_many(self, paths: Sequence[Path], digests: DigestSource | None = None) -> list[Loaded | BigFile]:
         """Consecutive files, as parts: one per run of files that name the same series (the
         sampler's segments of one host) if their rows stay in time order from file to file,
         else one per file. A file of more than BATCH_ROWS rows is read in batches later
-        (:meth:`batches`)."""
+        (:meth:`batches`). Files whose digest stands for their rows are not read: ``digests``
+        makes their parts."""
         out: list[Loaded | BigFile] = []
         run: list[_FileRows] = []
+        digested: list[tuple[Any, Path]] = []
         for path in paths:
+            doc = None if digests is None else digests.load(path)
+            if doc is not None:
+                out += self._parts(run)
+                run = []
+                digested.append((doc, path))
+                continue
+            if digested:
+                assert digests is not None
+                out += digests.parts(digested)
+                digested = []
             item = self._read(path)
             if item is None:
                 continue
@@ -218,6 +241,9 @@ class FileReader:
                 out.append(item)
             else:
                 run.append(item)
+        if digested:
+            assert digests is not None
+            out += digests.parts(digested)
         return out + self._parts(run)
 
     def batches(self, path: Path) -> Iterator[Loaded]:
@@ -281,17 +307,17 @@ class FileReader:
 
     @staticmethod
     def _parts(run: list[_FileRows]) -> list[Loaded]:
-        """Rows grouped by series (see :func:`_layout`): the run as one part if every series
+        """Rows grouped by series (see :func:`group_layout`): the run as one part if every series
         stays in time order across its files, else one part per file."""
         if len(run) > 1:
             ts = np.concatenate([r.ts for r in run])
-            lay = _layout(np.concatenate([r.codes for r in run]), ts, len(run[0].keys), strict=True)
+            lay = group_layout(np.concatenate([r.codes for r in run]), ts, len(run[0].keys), strict=True)
             if lay is not None:
                 num = {c: lay.arrange(np.concatenate([r.num[c] for r in run])) for c in run[0].num}
                 return [Loaded(run[0].path, run[0].keys, lay.codes, lay.starts, lay.arrange(ts), num)]
         out = []
         for r in run:
-            lay = _layout(r.codes, r.ts, len(r.keys))
+            lay = group_layout(r.codes, r.ts, len(r.keys))
             assert lay is not None
             out.append(
                 Loaded(

@@ -42,6 +42,7 @@ class ReportOptions:
     held_mem_frac: float = 0.05
     engine_gpu_map: Mapping[str, Sequence[str]] = field(default_factory=lambda: MappingProxyType({}))
     include_timeseries: bool = False
+    digests: bool = True  # read files' digests where they stand for the rows (gpuaudit.digest)
     pricing_source: str = "defaults"  # how the pricing was chosen, for the report's "pricing" section
 
 
@@ -77,6 +78,7 @@ def build_report(root: Path, opts: ReportOptions) -> Report:
             lambda s: GpuAccumulator(s, opts.idle_util_pct, opts.held_mem_frac, con),
             since_ms=_ms(opts.since),
             until_ms=_ms(opts.until),
+            digests=opts.digests,
         )
         stats = scan.consumer.finish()
         engines = pending.result()

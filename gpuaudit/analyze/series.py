@@ -27,7 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from gpuaudit.analyze.parquet_read import BigFile, FileReader, Loaded, ScanSpec
+from gpuaudit.analyze.parquet_read import BigFile, DigestSource, FileReader, Loaded, ScanSpec
 
 READ_AHEAD = 3  # tasks read ahead of the consumer (bounds memory)
 FILES_PER_TASK = 8
@@ -36,6 +36,11 @@ WORKERS = 2
 
 class Unordered(Exception):
     """A series went back in time across files: files overlap."""
+
+
+class DigestMismatch(Exception):
+    """A file's digest cannot stand for its rows in this scan (the consumer found it was
+    computed with other constants): the scan is redone from the rows."""
 
 
 class StringPool:
@@ -73,10 +78,11 @@ class Part:
     n_keys: int  # series known so far
     path: Path | None  # the file (None for the sorted fallback)
     prepared: Any = None  # what the consumer's ``prepare`` made of the file, in a worker thread
+    row_counts: np.ndarray | None = None  # from a digest: rows per group (only first and last are here)
 
     @property
     def counts(self) -> np.ndarray:
-        return np.diff(self.starts)
+        return np.diff(self.starts) if self.row_counts is None else self.row_counts
 
 
 class OrderedScan:
@@ -95,12 +101,14 @@ class OrderedScan:
         self.spec = spec
         self.sorted_all = sorted_all
         self.prepare: Callable[[Loaded], Any] | None = None  # run on each file in a worker thread
+        self.digests: DigestSource | None = None  # parts from file digests (the consumer's)
         self.reader = FileReader(spec, since_ms, until_ms)
         self.pool = StringPool()
         self.first_file: dict[int, Path] = {}  # where each series was first seen
         self.last_ts = np.zeros(0, dtype=np.int64)  # per series: its last row so far
         self.last_num: dict[str, np.ndarray] = {c: np.zeros(0) for c in spec.numeric}
         self.has_last = np.zeros(0, dtype=bool)
+        self.digest_parts = 0
 
     @property
     def n_keys(self) -> int:
@@ -129,10 +137,13 @@ class OrderedScan:
             ex.shutdown(wait=True, cancel_futures=True)
 
     def _read(self, paths: list[Path]) -> list[Loaded | BigFile]:
-        return [x if isinstance(x, BigFile) else self._prepare(x) for x in self.reader.read_many(paths)]
+        digests = None if self.sorted_all else self.digests
+        return [
+            x if isinstance(x, BigFile) else self._prepare(x) for x in self.reader.read_many(paths, digests)
+        ]
 
     def _prepare(self, loaded: Loaded) -> Loaded:
-        if self.prepare is not None and not self.sorted_all:
+        if self.prepare is not None and not self.sorted_all and loaded.row_counts is None:
             loaded.prepared = self.prepare(loaded)
         return loaded
 
@@ -160,6 +171,7 @@ class OrderedScan:
             prev_ts = self.last_ts[key]
             if (has & (prev_ts > loaded.ts[first])).any():
                 raise Unordered
+            self.digest_parts += loaded.row_counts is not None
             yield Part(
                 key,
                 loaded.starts,
@@ -171,6 +183,7 @@ class OrderedScan:
                 self.n_keys,
                 loaded.path,
                 loaded.prepared,
+                loaded.row_counts,
             )
             self.last_ts[key] = loaded.ts[last]
             for c, v in self.last_num.items():
@@ -236,6 +249,7 @@ class ScanResult(Generic[C]):
     scan: OrderedScan
     consumer: C
     sorted_fallback: bool = False
+    digests_used: int = 0  # parts read from file digests
 
 
 def run_scan(
@@ -245,17 +259,28 @@ def run_scan(
     *,
     since_ms: int | None,
     until_ms: int | None,
+    digests: bool = True,
 ) -> ScanResult[C]:
-    """Stream ``files`` into a fresh consumer; on overlapping files, redo it as one sorted part."""
+    """Stream ``files`` into a fresh consumer, parts from file digests where the consumer can
+    use them (its optional ``digest_source()``); on a digest that does not fit, redo it from the
+    rows; on overlapping files, redo it as one sorted part."""
     _keep_freed_memory()
-    for fallback in (False, True):
-        scan = OrderedScan(files, spec, since_ms=since_ms, until_ms=until_ms, sorted_all=fallback)
+    sorted_all = False
+    while True:
+        scan = OrderedScan(files, spec, since_ms=since_ms, until_ms=until_ms, sorted_all=sorted_all)
         consumer = make(scan)
         scan.prepare = getattr(consumer, "prepare", None)
+        source = getattr(consumer, "digest_source", None)
+        scan.digests = source() if digests and source is not None else None
         try:
             for part in scan.parts():
                 consumer.add(part)
-        except Unordered:
+        except DigestMismatch:
+            digests = False
             continue
-        return ScanResult(scan, consumer, sorted_fallback=fallback)
-    raise AssertionError("a single sorted part cannot be out of order")
+        except Unordered:
+            if sorted_all:
+                raise AssertionError("a single sorted part cannot be out of order") from None
+            sorted_all = True
+            continue
+        return ScanResult(scan, consumer, sorted_fallback=sorted_all, digests_used=scan.digest_parts)
