@@ -207,7 +207,7 @@ def test_files_of_several_hosts_get_no_digest():
     rows = ticks(["GPU-a"], range(0, 3)) + ticks(["GPU-b"], range(0, 3), host="h2")
     assert digest_metadata("gpu", rows_to_table("gpu", rows)) == {}
     assert digest_metadata("gpu", rows_to_table("gpu", rows[:3])) != {}
-    assert digest_metadata("process", rows_to_table("gpu", rows[:3])) == {}
+    assert digest_metadata("event", rows_to_table("gpu", rows[:3])) == {}
 
 
 def test_the_report_notes_nothing_when_digests_are_used(tmp_path: Path):
@@ -221,3 +221,20 @@ def test_the_report_notes_nothing_when_digests_are_used(tmp_path: Path):
     fast.pop("generated_at"), slow.pop("generated_at")
     assert fast == slow
     assert datetime.fromisoformat(fast["window"]["start"]) == T0.astimezone(UTC)
+
+
+def test_process_pairs_come_from_digests_and_from_rows_alike(tmp_path: Path):
+    from gpuaudit.analyze.tables import process_gpus
+
+    def proc(t: float, uuid: str, host: str = "h1") -> dict:
+        return {"ts": at(t), "host": host, "gpu_uuid": uuid, "pid": 7, "process_name": "vllm"}
+
+    write(tmp_path, "process", [proc(0, "GPU-a"), proc(60, "GPU-b")], name="a")
+    write(tmp_path, "process", [proc(120, "GPU-c"), proc(120, "GPU-a", host="h2")], name="b")
+    plain = tmp_path / "table=process" / "date=2025-06-03" / "host=h1" / "c.parquet"
+    pq.write_table(rows_to_table("process", [proc(180, "GPU-d")]), plain)
+    files = parquet_files(tmp_path, "process")
+    assert sum(read_digest(f, "process") is not None for f in files) == 3
+    everything = {("h1", "GPU-a"), ("h1", "GPU-b"), ("h1", "GPU-c"), ("h2", "GPU-a"), ("h1", "GPU-d")}
+    assert process_gpus(CON, files, None, None) == everything
+    assert process_gpus(CON, files, at(30), at(150)) == {("h1", "GPU-b"), ("h1", "GPU-c"), ("h2", "GPU-a")}

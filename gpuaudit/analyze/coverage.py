@@ -160,6 +160,7 @@ class GpuAccumulator:
     kept: list[dict[str, np.ndarray]] = field(default_factory=list)
     dt_counts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     known_totals: dict[tuple[str, ...], float] = field(default_factory=dict)
+    digest_sources: dict[Path, tuple[str, ...]] = field(default_factory=dict)  # files read from digests
 
     def _grow(self, n: int) -> None:
         old = len(self.samples)
@@ -187,7 +188,9 @@ class GpuAccumulator:
         from gpuaudit.digest.gpu import GpuDigests
 
         reader = self.scan.reader
-        return GpuDigests(self.idle_util_pct, self.held_mem_frac, reader.since_ms, reader.until_ms)
+        return GpuDigests(
+            self.idle_util_pct, self.held_mem_frac, reader.since_ms, reader.until_ms, self.digest_sources
+        )
 
     def prepare(self, loaded: Any) -> PartSums:
         """In a worker thread: one file's own intervals. The memory totals are the GPUs' (as

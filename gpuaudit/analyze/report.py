@@ -95,7 +95,7 @@ def build_report(root: Path, opts: ReportOptions) -> Report:
             notes.append(
                 "GPU files overlap in time (an import on top of sampled data?): read as one sorted set"
             )
-        return _assemble(con, opts, files, stats, engines, notes)
+        return _assemble(con, opts, files, stats, engines, notes, scan.consumer.digest_sources)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         engine_con.close()
@@ -109,6 +109,7 @@ def _assemble(
     stats: list,
     engines: list[EngineStats],
     notes: list[str],
+    digest_sources: dict[Path, tuple[str, ...]],
 ) -> Report:
     from gpuaudit.analyze.attribution import attribute
     from gpuaudit.analyze.findings import all_findings
@@ -178,7 +179,8 @@ def _assemble(
         any(g.source == "simulated" for g in gpus)
         or any(e.simulated for e in engine_rows)
         or events_sim
-        or any_simulated(con, files["gpu"], opts.since, opts.until)
+        or any("simulated" in s for s in digest_sources.values())
+        or any_simulated(con, [f for f in files["gpu"] if f not in digest_sources], opts.since, opts.until)
     )
     timeseries = None
     if opts.include_timeseries:

@@ -101,12 +101,28 @@ def read_events(
 def process_gpus(
     con: Any, files: Sequence[Path], since: datetime | None, until: datetime | None
 ) -> set[tuple[str, str]]:
-    """(host, GPU uuid) pairs that ran at least one compute process in the window."""
+    """(host, GPU uuid) pairs that ran at least one compute process in the window: from the
+    files' digests where the whole file is in the window, else from the rows."""
+    from gpuaudit.digest.footer import read_digest
+
+    pairs: set[tuple[str, str]] = set()
+    rest = []
+    lo = None if since is None else since.timestamp() * 1000
+    hi = None if until is None else until.timestamp() * 1000
+    for f in files:
+        doc = read_digest(f, "process")
+        cut = doc is not None and (
+            (lo is not None and doc["first_ts"] < lo) or (hi is not None and doc["last_ts"] >= hi)
+        )
+        if doc is None or cut:
+            rest.append(f)
+        else:
+            pairs.update((str(h), str(u)) for h, u in doc["pairs"])
     where, params = _window_sql(since, until)
     rows = _query(
-        con, files, f"SELECT DISTINCT host, gpu_uuid FROM read_parquet($files) {where}", params, "process"
+        con, rest, f"SELECT DISTINCT host, gpu_uuid FROM read_parquet($files) {where}", params, "process"
     )
-    return {(str(h), str(u)) for h, u in rows if u}
+    return pairs | {(str(h), str(u)) for h, u in rows if u}
 
 
 def any_simulated(con: Any, files: Sequence[Path], since: datetime | None, until: datetime | None) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +107,9 @@ def build(data: pa.Table) -> dict[str, Any] | None:
         "min_gap_ms": MIN_GAP_MS,
         "first_ts": int(ts.min()),
         "last_ts": int(ts.max()),
+        "sources": sorted(s for s in data.column("source").unique().to_pylist() if s)
+        if "source" in data.column_names
+        else [],
         "uuids": [uuids[c] for c in lay.codes.tolist()],
         "rows": np.diff(starts).tolist(),
         "fixed": _pack(fixed),
@@ -134,6 +137,7 @@ class GpuDigests:
     held_mem_frac: float
     since_ms: int | None
     until_ms: int | None
+    sources: dict[Path, tuple[str, ...]] = field(default_factory=dict)  # of the files read from digests
 
     def load(self, path: Path) -> _Digest | None:
         from gpuaudit.digest.footer import read_digest
@@ -149,6 +153,7 @@ class GpuDigests:
             return None
         k = len(doc["uuids"])
         try:
+            self.sources[path] = tuple(str(s) for s in doc["sources"])
             return _Digest(
                 path,
                 host_of(path) or str(doc["host"]),
@@ -226,11 +231,9 @@ def _part(group: list[_Digest]) -> Loaded:
     pairs = list(itertools.pairwise(group))
     links = [_links(x, y) for x, y in pairs]
     kept = np.concatenate([d.kept for d in group] + links, axis=1)
-    dt = np.concatenate(
-        [d.dt for d in group]
-        + [np.stack([np.arange(k), link[KEPT_ROWS.index("dt")].astype(np.int64), np.ones(k, dtype=np.int64)]) for link in links],
-        axis=1,
-    )
+    ones, at_dt = np.ones(k, dtype=np.int64), KEPT_ROWS.index("dt")
+    link_counts = [np.stack([np.arange(k), link[at_dt].astype(np.int64), ones]) for link in links]
+    dt = np.concatenate([d.dt for d in group] + link_counts, axis=1)
     prepared = PartSums(
         mem_total=head.fixed[:, F["mem_total_bytes"]].copy(),
         sums={q: total[:, F[q]] for q in QUANTITIES},
