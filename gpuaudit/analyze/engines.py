@@ -24,6 +24,10 @@ last - first in the first segment and last in each later one. A series without
 row by row with a window instead (:mod:`gpuaudit.analyze.engines_exact`). Histogram bucket
 lists are read only at the segment boundaries. The same scan lists each segment's rows (time,
 generation counter, file, row) for the rates: the engine files are read once.
+
+Faster still: each file written by gpuaudit carries these aggregates and its rate sums in its
+footer (:mod:`gpuaudit.digest.engine`); when every file's digest stands for its rows, they are
+combined instead (:mod:`gpuaudit.digest.engine_read`), with the same results.
 """
 
 from __future__ import annotations
@@ -147,23 +151,33 @@ class Source:
 
 
 def engine_stats(
-    con: Any, files: Sequence[Path], *, since: datetime | None, until: datetime | None
+    con: Any,
+    files: Sequence[Path],
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    digests: bool = True,
 ) -> list[EngineStats]:
-    """One EngineStats per (host, endpoint, model), data-parallel ranks summed."""
+    """One EngineStats per (host, endpoint, model), data-parallel ranks summed. With
+    ``digests``, when every file's digest stands for its rows (:mod:`gpuaudit.digest.engine`),
+    the counters and rates come from the digests (``rates`` is then None: the charts need
+    ``digests=False``); histogram buckets are read at the boundary rows either way."""
     if not files:
         return []
     import duckdb
 
-    from gpuaudit.analyze.engines_exact import exact_series
+    found = None
+    if digests:
+        from gpuaudit.digest.engine_read import from_digests
 
-    src = Source(tuple(str(f) for f in files), since, until)
+        found = from_digests(files, since=since, until=until)
+    rates: dict[EngineKey, RateSeries] = {}
     try:
-        results, slow, rates, dipped = _segments(con, src)
-        slow |= {k for k in results if k in dipped}  # a counter fell inside one process: go row by row
-        for k in slow:
-            results.pop(k, None)
-        if slow:
-            results.update(exact_series(con, src, sorted(slow)))
+        if found is None:
+            results, rates = _from_rows(con, Source(tuple(str(f) for f in files), since, until))
+            mean_peak = {k: r.mean_peak() for k, r in rates.items()}
+        else:
+            results, mean_peak = found.results, found.mean_peak
         buckets = _bucket_increases(con, results)
     except duckdb.Error as exc:
         raise DataError(
@@ -172,7 +186,24 @@ def engine_stats(
     engines: dict[EngineKey, list[tuple[str, SeriesResult]]] = {}
     for key, res in sorted(results.items()):
         engines.setdefault(key[:3], []).append((key[3], res))
-    return [_engine(k, ranks, rates.get(k), buckets.get(k, {})) for k, ranks in engines.items()]
+    return [
+        _engine(k, ranks, rates.get(k), mean_peak.get(k, (None, None)), buckets.get(k, {}))
+        for k, ranks in engines.items()
+    ]
+
+
+def _from_rows(con: Any, src: Source) -> tuple[dict[SeriesKey, SeriesResult], dict[EngineKey, RateSeries]]:
+    """Per series its result and per engine its rates, from the rows (segments, and the
+    row-by-row path for the series that need it)."""
+    from gpuaudit.analyze.engines_exact import exact_series
+
+    results, slow, rates, dipped = _segments(con, src)
+    slow |= {k for k in results if k in dipped}  # a counter fell inside one process: go row by row
+    for k in slow:
+        results.pop(k, None)
+    if slow:
+        results.update(exact_series(con, src, sorted(slow)))
+    return results, rates
 
 
 RATE_LISTS = ("rate_t", "rate_gen", "rate_file", "rate_row")
@@ -212,7 +243,7 @@ def _segments(
     results: dict[SeriesKey, SeriesResult] = {}
     slow: set[SeriesKey] = set()
     for key, segs in by_series.items():
-        res = _from_segments(segs, cols)
+        res = from_segments(segs, cols)
         if res is None:
             slow.add(key)
         else:
@@ -241,7 +272,7 @@ def _rates(
     return engine_rates(series[order], t[order], gen[order].astype(np.float64), created[order], keys)
 
 
-def _from_segments(segs: list[dict[str, Any]], cols: list[str]) -> SeriesResult | None:
+def from_segments(segs: list[dict[str, Any]], cols: list[str]) -> SeriesResult | None:
     """Increases and histogram boundaries from time-ordered segments; None if not monotonic."""
     if any(s["created"] is None for s in segs):
         return None
@@ -347,6 +378,7 @@ def _engine(
     key: EngineKey,
     ranks: list[tuple[str, SeriesResult]],
     rates: RateSeries | None,
+    mean_peak: tuple[float | None, float | None],
     hists: dict[str, Any],
 ) -> EngineStats:
     res = [r for _, r in ranks]
@@ -358,7 +390,7 @@ def _engine(
         return float(sum(means)) if means else None
 
     pct, tpot_metric = _percentiles(hists, inc)
-    mean, peak = rates.mean_peak() if rates is not None else (None, None)
+    mean, peak = mean_peak
     kv_max = [r.kv_max for r in res if r.kv_max is not None]
     return EngineStats(
         host=key[0],

@@ -71,7 +71,14 @@ def build_report(root: Path, opts: ReportOptions) -> Report:
     engine_con = con.cursor()  # the engine table's DuckDB queries run beside the GPU scan
     pool = ThreadPoolExecutor(1, thread_name_prefix="gpuaudit-engines")
     try:
-        pending = pool.submit(engine_stats, engine_con, files["engine"], since=opts.since, until=opts.until)
+        pending = pool.submit(
+            engine_stats,
+            engine_con,
+            files["engine"],
+            since=opts.since,
+            until=opts.until,
+            digests=opts.digests and not opts.include_timeseries,  # the charts need the rows' rates
+        )
         scan = run_scan(
             files["gpu"],
             GPU_SPEC,

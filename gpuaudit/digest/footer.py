@@ -25,9 +25,9 @@ MAX_FOOTER_BYTES = 16 << 20
 
 
 def _builders() -> dict[str, Callable[[pa.Table], dict[str, Any] | None]]:
-    from gpuaudit.digest import gpu, process
+    from gpuaudit.digest import engine, gpu, process
 
-    return {"gpu": gpu.build, "process": process.build}
+    return {"gpu": gpu.build, "engine": engine.build, "process": process.build}
 
 
 def digest_metadata(table: str, data: pa.Table) -> dict[bytes, bytes]:
