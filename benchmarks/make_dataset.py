@@ -3,7 +3,8 @@
     python benchmarks/make_dataset.py --days 30 --gpus 8 --out /tmp/gpuaudit-bench
 
 writes, in the store layout (``table=<t>/date=D/host=H/<hour>-<session>.parquet``, one
-file per hour, one large row group each):
+file per hour (or per ``--segment-minutes``: 15 is what ``gpuaudit sample`` writes), one
+row group each):
 
 - ``gpu``: one row per GPU per second (30 days x 8 GPUs = 20,736,000 rows), 1-4 ms of
   clock jitter, one 20-minute sampler outage on day 10;
@@ -29,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from gpuaudit.digest.footer import digest_metadata
+from gpuaudit.digest.footer import write_parquet
 from gpuaudit.schema import FINISHED_REASONS, table_schema
 from gpuaudit.store import file_metadata, partition_value, table_dir
 
@@ -252,14 +252,25 @@ def process_hour(
     return pa.Table.from_pylist(rows, schema=table_schema("process"))
 
 
-def write(root: Path, table: str, host: str, hour: datetime, data: pa.Table, session: str) -> int:
+def write(
+    root: Path, table: str, host: str, hour: datetime, data: pa.Table, session: str, segment_min: int = 60
+) -> int:
+    """One file per hour, or per ``segment_min`` minutes (named as the sampler names them)."""
     path = table_dir(root, table) / f"date={hour:%Y-%m-%d}" / f"host={partition_value(host)}"
     path.mkdir(parents=True, exist_ok=True)
-    meta = {**file_metadata({"interval_s": 1.0, "simulated": True}), **digest_metadata(table, data)}
-    data = data.replace_schema_metadata({**(data.schema.metadata or {}), **meta})
-    pq.write_table(
-        data, path / f"{hour:%Y-%m-%dT%H}-{session}.parquet", compression="zstd", row_group_size=1 << 20
-    )
+    if segment_min >= 60:
+        parts = [(f"{hour:%Y-%m-%dT%H}", data)]
+    else:
+        ts_s = data.column("ts").cast(pa.int64()).to_numpy() // 1000  # the schema stores ms
+        minute = (ts_s - int(hour.timestamp())) // 60
+        parts = []
+        for m in range(0, 60, segment_min):
+            rows = np.flatnonzero((minute >= m) & (minute < m + segment_min))
+            if len(rows):
+                parts.append((f"{hour:%Y-%m-%dT%H}{m:02d}", data.take(pa.array(rows))))
+    for name, part in parts:
+        meta = {**(part.schema.metadata or {}), **file_metadata({"interval_s": 1.0, "simulated": True})}
+        write_parquet(path / f"{name}-{session}.parquet", table, part, meta, compression="zstd")
     return data.num_rows
 
 
@@ -271,7 +282,12 @@ def main() -> None:
     ap.add_argument("--host", default="bench-node-1")
     ap.add_argument("--engine-interval-s", type=int, default=5)
     ap.add_argument("--seed", type=int, default=20250603)
+    ap.add_argument(
+        "--segment-minutes", type=int, default=60, help="minutes per file (15: what `gpuaudit sample` writes)"
+    )
     args = ap.parse_args()
+    if args.segment_minutes <= 0 or 60 % args.segment_minutes:
+        raise SystemExit("error: --segment-minutes must divide 60")
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"error: {args.out} exists and is not empty")
     rng = np.random.default_rng(args.seed)
@@ -294,15 +310,14 @@ def main() -> None:
     busy = [g for g in range(min(5, args.gpus))]
     for h in range(hours):
         hour = START + timedelta(hours=h)
-        counts["gpu"] += write(
-            args.out, "gpu", host, hour, gpu_hour(rng, hour, args.gpus, host, energy, outage), "bench"
-        )
+        seg = args.segment_minutes
+        gpu_rows = gpu_hour(rng, hour, args.gpus, host, energy, outage)
+        counts["gpu"] += write(args.out, "gpu", host, hour, gpu_rows, "bench", seg)
         scrapes = [engine_hour(rng, hour, host, e, args.engine_interval_s, restart_at) for e in engines]
         table = pa.concat_tables(scrapes).sort_by([("ts", "ascending")])  # one sampler, one file per hour
-        counts["engine"] += write(args.out, "engine", host, hour, table, "bench")
-        counts["process"] += write(
-            args.out, "process", host, hour, process_hour(hour, host, busy, outage), "bench"
-        )
+        counts["engine"] += write(args.out, "engine", host, hour, table, "bench", seg)
+        processes = process_hour(hour, host, busy, outage)
+        counts["process"] += write(args.out, "process", host, hour, processes, "bench", seg)
     events = [
         {
             "ts": START,

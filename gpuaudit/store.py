@@ -79,17 +79,13 @@ def rows_to_table(table: str, rows: Sequence[Mapping[str, object]]) -> pa.Table:
 def _write_atomic(path: Path, table: str, data: pa.Table, metadata: dict[bytes, bytes]) -> None:
     """Write ``data`` (rows of ``table``) to ``path`` atomically, with its digest
     (:mod:`gpuaudit.digest`) in the same file."""
-    import pyarrow.parquet as pq
+    from gpuaudit.digest.footer import write_parquet
 
-    from gpuaudit.digest.footer import digest_metadata
-
-    metadata = {**metadata, **digest_metadata(table, data)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        schema = data.schema.with_metadata(metadata)
         with open(tmp, "wb") as fh:
-            pq.write_table(data.replace_schema_metadata(schema.metadata), fh, compression="zstd")
+            write_parquet(fh, table, data, {**(data.schema.metadata or {}), **metadata}, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -250,7 +246,14 @@ def parquet_files(root: Path, table: str) -> list[Path]:
     base = table_dir(root, table)
     if not base.is_dir():
         return []
-    return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith("."))
+    found = [
+        os.path.join(top, name)
+        for top, _, names in os.walk(base, followlinks=True)
+        for name in names
+        if name.endswith(".parquet") and not name.startswith(".")
+    ]
+    found.sort(key=lambda p: p.split(os.sep))  # as sorted Paths are: part by part
+    return [Path(p) for p in found]
 
 
 def open_dataset(root: Path, table: str) -> pads.Dataset:

@@ -41,6 +41,23 @@ def digest_metadata(table: str, data: pa.Table) -> dict[bytes, bytes]:
     return {KEY: MARKER + body[1:].encode()}  # "{...}" becomes '{"gpuaudit_digest":1,...}'
 
 
+def write_parquet(
+    where: Any, table: str, data: pa.Table, metadata: dict[bytes, bytes], **options: Any
+) -> None:
+    """Write ``data`` (rows of ``table``) as Parquet to ``where`` (a path or binary file), with
+    ``metadata`` on the schema and the rows' digest in the footer's key-value metadata only
+    (on the schema it would be stored twice: pyarrow also serializes the schema into the
+    footer, and every reader would decode it)."""
+    import pyarrow.parquet as pq
+
+    digest = digest_metadata(table, data)
+    data = data.replace_schema_metadata(metadata)
+    with pq.ParquetWriter(where, data.schema, **options) as writer:
+        writer.write_table(data)
+        if digest:
+            writer.add_key_value_metadata(digest)
+
+
 def read_digest(path: Path, table: str) -> dict[str, Any] | None:
     """The digest stored in ``path``'s footer, or None (no digest, another version, another
     table, or an unreadable file: the row-by-row path then reports what is wrong)."""
