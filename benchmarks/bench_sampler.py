@@ -52,7 +52,10 @@ def start_endpoints(tmp: Path, n: int) -> tuple[subprocess.Popen[bytes], list[st
     return proc, [f"http://127.0.0.1:{port}/{i}/metrics" for i in range(n)]
 
 
-def measure_loop(seconds: float, urls: list[str], gpus: int) -> dict[str, float]:
+def measure_loop(seconds: float, urls: list[str], gpus: int, *, digests: bool = True) -> dict[str, float]:
+    """The sampler loop's CPU; ``digests=False`` writes files without their digests (the
+    baseline for what digests cost the writer: the only difference)."""
+    from gpuaudit.digest import footer
     from gpuaudit.sampler import SamplerOptions, run_sampler
     from gpuaudit.sources.simulated import SimulatedBackend
     from gpuaudit.sources.vllm import VllmScraper
@@ -63,6 +66,9 @@ def measure_loop(seconds: float, urls: list[str], gpus: int) -> dict[str, float]
     backend = SimulatedBackend(gpus, seed=1, lose_gpu_after_s=None)
     scraper = VllmScraper(urls)
     scraper.scrape(datetime.now(UTC))  # warm the connection pool
+    real = footer.digest_metadata
+    if not digests:
+        footer.digest_metadata = lambda table, data: {}  # type: ignore[assignment]
     cpu0, wall0 = time.process_time(), time.monotonic()
     stats = run_sampler(
         writer=writer,
@@ -73,6 +79,7 @@ def measure_loop(seconds: float, urls: list[str], gpus: int) -> dict[str, float]
         stop=threading.Event(),
     )
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    footer.digest_metadata = real  # type: ignore[assignment]
     scraper.close()
     shutil.rmtree(out)
     return {
@@ -90,6 +97,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--endpoints", type=int, default=2)
+    ap.add_argument(
+        "--baseline", action="store_true", help="also run without file digests, side by side, and compare"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench_parse import measure_parse
@@ -99,6 +109,7 @@ def main() -> None:
     server, urls = start_endpoints(tmp, args.endpoints)
     try:
         loop = measure_loop(args.seconds, urls, args.gpus)
+        base = measure_loop(args.seconds, urls, args.gpus, digests=False) if args.baseline else None
     finally:
         server.terminate()
         server.wait()
@@ -116,6 +127,12 @@ def main() -> None:
         f"  {loop['ticks']:.0f} ticks, {loop['scrapes']:.0f} scrapes, {loop['engine_rows']:.0f} engine rows, "
         f"{loop['rows']:.0f} rows written"
     )
+    if base is not None:
+        base_share = base["cpu_s"] / base["wall_s"]
+        print(
+            f"  without file digests (baseline, same session): CPU {base['cpu_s']:.3f} s = {base_share:.2%}; "
+            f"digests cost {(loop['cpu_s'] - base['cpu_s']) / loop['wall_s']:.2%} of one core"
+        )
     pc = parse["prometheus_client_ms"]
     print(
         f"parse of {PAGE.name} (median): gpuaudit {parse['promtext_cold_ms']:.2f} ms first scrape, "

@@ -133,9 +133,12 @@ class DatasetWriter:
         self.rows_written = 0
         self.files_written: set[Path] = set()
         ensure_writable(root)
-        # pay the pyarrow/pandas imports now, not during the first tick
+        # pay the pyarrow/pandas and digest imports now, not during the first tick
         import pyarrow.parquet  # noqa: F401
 
+        from gpuaudit.digest import footer
+
+        footer.warm_up()
         rows_to_table("event", [])
 
     def set_metadata(self, **values: Any) -> None:

@@ -45,6 +45,15 @@ def test_json_report(cli, dataset):
     assert doc["findings"][0]["code"] == "idle-held-gpu"
 
 
+def test_no_digests_reads_every_row_and_reports_the_same(cli, dataset):
+    fast = cli("report", str(dataset), "--format", "json")
+    slow = cli("report", str(dataset), "--format", "json", "--no-digests")
+    assert fast.returncode == 0 and slow.returncode == 0, fast.stderr + slow.stderr
+    a, b = json.loads(fast.stdout), json.loads(slow.stdout)
+    a.pop("generated_at"), b.pop("generated_at")
+    assert a == b and a["totals"]["gpu_hours"] == pytest.approx(240 / 3600)
+
+
 def test_table_and_markdown_reports(cli, dataset, tmp_path):
     table = cli("report", str(dataset))
     assert table.returncode == 0, table.stderr

@@ -86,6 +86,7 @@ def report_options(
     idle_util_pct: float | None = None,
     held_mem_frac: float | None = None,
     include_timeseries: bool = False,
+    digests: bool = True,
 ) -> ReportOptions:
     """ReportOptions from the shared flags (raises ConfigError, exit 2, on bad values)."""
     from gpuaudit.analyze.report import ReportOptions
@@ -123,5 +124,6 @@ def report_options(
         held_mem_frac=check_held_mem_frac(DEFAULT_HELD_MEM_FRAC if held is None else held),
         engine_gpu_map=cfg.engine_gpu_map,
         include_timeseries=include_timeseries,
+        digests=digests,
         pricing_source=source,
     )

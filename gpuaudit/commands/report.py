@@ -45,6 +45,12 @@ def register(app: typer.Typer) -> None:
         config: Path | None = CONFIG,
         idle_util_pct: float | None = IDLE_UTIL_PCT,
         held_mem_frac: float | None = HELD_MEM_FRAC,
+        digests: bool = typer.Option(
+            True,
+            "--digests/--no-digests",
+            help="Use the sums each gpuaudit-written file carries in its footer where they stand for "
+            "its rows (--no-digests: read every row; slower, same report).",
+        ),
     ) -> None:
         """Report GPU utilization, idle waste, energy and cost per token for a dataset.
 
@@ -63,6 +69,7 @@ def register(app: typer.Typer) -> None:
             idle_util_pct=idle_util_pct,
             held_mem_frac=held_mem_frac,
             include_timeseries=fmt is Format.html,
+            digests=digests,
         )
         text = FORMATS[fmt](build_report(dataset, opts).to_dict())
         write_output(text, output)

@@ -30,6 +30,11 @@ def _builders() -> dict[str, Callable[[pa.Table], dict[str, Any] | None]]:
     return {"gpu": gpu.build, "engine": engine.build, "process": process.build}
 
 
+def warm_up() -> None:
+    """Import the digest builders now (a sampler calls this before its first tick)."""
+    _builders()
+
+
 def digest_metadata(table: str, data: pa.Table) -> dict[bytes, bytes]:
     """The metadata entry holding ``data``'s digest (empty when the table has none, or the
     rows do not allow one, e.g. several hosts in one file)."""
