@@ -27,6 +27,14 @@ from tests.prometheus_server import (
     ts_of,
 )
 from tests.test_import_exposition import assert_gap_stays_a_gap, assert_rows_match
+from tests.test_import_host_label import (
+    DCGM_FAMILIES,
+    NODE,
+    STRAY_POD,
+    STRAY_UUID,
+    VLLM_SERIES,
+    k8s_openmetrics,
+)
 
 pytestmark = pytest.mark.skipif(missing_binaries() is not None, reason=missing_binaries() or "")
 
@@ -42,6 +50,22 @@ def server(tmp_path_factory) -> Iterator[tuple[PrometheusServer, Backfill]]:
         prom.backfill(src)
         prom.start()
         yield prom, backfill
+    finally:
+        prom.stop()
+
+
+@pytest.fixture(scope="module")
+def k8s_server(tmp_path_factory) -> Iterator[PrometheusServer]:
+    """The same data as a Kubernetes fleet exports it (see test_import_host_label), plus a GPU
+    whose series lack the `node` label."""
+    work = tmp_path_factory.mktemp("prometheus-k8s")
+    src = work / "k8s.om"
+    src.write_text(k8s_openmetrics(stray_gpu=True))
+    prom = PrometheusServer(work)
+    try:
+        prom.backfill(src)
+        prom.start()
+        yield prom
     finally:
         prom.stop()
 
@@ -109,3 +133,26 @@ def test_prometheus_error_names_the_url(server, tmp_path):
         )
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "ds" / "table=gpu").exists()
+
+
+def test_host_label_reaches_the_rows_and_counts_series_once_across_windows(k8s_server, tmp_path):
+    backfill = make_openmetrics()
+    summary = import_prometheus(
+        k8s_server.url,
+        out=tmp_path / "ds",
+        start=from_epoch_s(ts_of(0)),
+        end=from_epoch_s(ts_of(POINTS - 1)),
+        window_s=5 * 60,  # 5 windows: every series is read 5 times, and counted once
+        host_label="node",
+    )
+    assert summary.series == 3 * DCGM_FAMILIES + VLLM_SERIES
+    assert summary.series_without_host_label == DCGM_FAMILIES  # the stray GPU's
+    assert len(summary.warnings) == 1 and summary.warnings[0].startswith(
+        f"--host-label node: {DCGM_FAMILIES} of {summary.series} series"
+    )
+    gpu = read_table(tmp_path / "ds", "gpu").to_pylist()
+    hosts = {r["gpu_uuid"]: r["host"] for r in gpu}
+    assert hosts == {GPUS[0][1]: NODE, GPUS[1][1]: NODE, STRAY_UUID: STRAY_POD}
+    assert len(gpu) == len(backfill.gpu) + POINTS
+    engine = read_table(tmp_path / "ds", "engine").to_pylist()
+    assert {r["host"] for r in engine} == {NODE} and len(engine) == len(backfill.engine)

@@ -22,12 +22,17 @@ timestamps (needs --at), and Prometheus API JSON (/api/v1/query_range, /api/v1/q
 `gpuaudit import prometheus --url URL --start T --end T` reads the raw DCGM and vLLM samples
 from a live Prometheus server (range selectors via /api/v1/query, never query_range's
 step-aligned values, which would fill gaps).
+
+Hosts: --host, else --host-label's label where a series has it (e.g. `node` in Kubernetes, so
+that GPU and vLLM rows of one node share a host), else Hostname, else instance, else file name.
 """
 
 
 def _render(summary: ImportSummary, out: Path) -> None:
     for src, fmt in summary.formats.items():
         print(f"{src}: {fmt}", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     counts = ", ".join(f"{n} {t} rows" for t, n in summary.rows.items())
     print(f"imported {counts} into {out} ({len(summary.written)} files)", file=sys.stderr)
 
@@ -39,6 +44,11 @@ def _import(
     out: Path = typer.Option(..., "--out", "-o", help="Dataset directory (created if missing)."),
     host: str | None = typer.Option(
         None, "--host", help="Host name for all rows (default: labels, else file name)."
+    ),
+    host_label: str | None = typer.Option(
+        None,
+        "--host-label",
+        help="Take each row's host from this label where a series has it (e.g. node); not with --host.",
     ),
     at: str | None = typer.Option(
         None, "--at", help="Time of a scrape without timestamps (ISO 8601 or epoch s)."
@@ -74,10 +84,13 @@ def _import(
             selector=selector,
             host=host,
             window_s=parse_duration_s(window, option="--window"),
+            host_label=host_label,
         )
     else:
         when = parse_time(at, option="--at") if at is not None else None
-        summary = import_files(files, out, host=host, at=when, tz=tz, endpoint=endpoint)
+        summary = import_files(
+            files, out, host=host, at=when, tz=tz, endpoint=endpoint, host_label=host_label
+        )
     _render(summary, out)
 
 

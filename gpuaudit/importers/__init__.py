@@ -8,24 +8,32 @@ All inputs are parsed completely before anything is written; if a write fails, t
 import wrote are removed again. Each input is written as ``import-<format>-<sha>.parquet`` in
 each (table, date, host) partition, where ``<sha>`` hashes the content (and ``at``/``tz``):
 importing the same file again overwrites the same files, so it is idempotent.
+
+``host_label`` (``--host-label``) takes each row's host from that label where a series has it,
+e.g. the node of a Kubernetes fleet, where dcgm-exporter names the node (or its pod) in
+``Hostname`` and vLLM's ``instance`` is a pod IP. Series without it keep the usual rule, and
+the summary counts them (``ImportSummary.warnings``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuaudit.errors import DataError
-from gpuaudit.importers.rows import ParsedRows, parsed_rows
+from gpuaudit.errors import ConfigError, DataError
+from gpuaudit.importers.rows import LabelCoverage, ParsedRows, parsed_rows
 
 if TYPE_CHECKING:
     import httpx
 
 __all__ = ["ImportSummary", "import_files", "import_prometheus"]
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,45 @@ class ImportSummary:
     rows: dict[str, int]  # per table
     formats: dict[str, str]  # input path (or URL) -> detected format
     written: list[Path]
+    host_label: str | None = None
+    series: int = 0  # distinct DCGM and vLLM series read (counted only with host_label)
+    series_without_host_label: int = 0  # of them, those whose host fell back to the usual rule
+    warnings: tuple[str, ...] = ()  # one line each, for the caller to show
+
+
+def _check_host_options(host: str | None, host_label: str | None) -> None:
+    if host_label is None:
+        return
+    if host is not None:
+        raise ConfigError(
+            "--host and --host-label cannot be used together",
+            hint="--host names one host for every row; --host-label takes each row's host from a label",
+        )
+    if not _LABEL_NAME.fullmatch(host_label):
+        raise ConfigError(
+            f"--host-label: not a label name: {host_label!r}",
+            hint="pass a Prometheus label name, e.g. --host-label node",
+        )
+
+
+def _summary(
+    files: list[Path],
+    pending: Sequence[_Pending],
+    formats: dict[str, str],
+    written: list[Path],
+    label: str | None,
+) -> ImportSummary:
+    coverage = LabelCoverage()
+    for p in pending:
+        coverage |= p.rows.host_label
+    seen, missing = len(coverage.seen), len(coverage.missing)
+    warnings: tuple[str, ...] = ()
+    if label and missing:
+        warnings = (
+            f"--host-label {label}: {missing} of {seen} series have no {label!r} label; "
+            "their rows' host falls back to Hostname/hostname, else the host part of instance",
+        )
+    return ImportSummary(files, _count(pending), formats, written, label, seen, missing, warnings)
 
 
 @dataclass(frozen=True)
@@ -58,9 +105,18 @@ def _read_text(path: Path) -> str:
 
 
 def parse_file(
-    path: Path, *, host: str | None, at: datetime | None, tz: str | None = None, endpoint: str | None = None
+    path: Path,
+    *,
+    host: str | None,
+    at: datetime | None,
+    tz: str | None = None,
+    endpoint: str | None = None,
+    host_label: str | None = None,
 ) -> ParsedRows:
-    """Detect the format of one file and turn it into rows (nothing is written)."""
+    """Detect the format of one file and turn it into rows (nothing is written).
+
+    ``host_label`` applies to labelled formats; nvidia-smi CSV has no labels.
+    """
     from gpuaudit.importers import detect
     from gpuaudit.importers.exposition import parse_exposition_file
     from gpuaudit.importers.nvidia_smi_fast import read_nvidia_smi_table
@@ -73,9 +129,11 @@ def parse_file(
         gpu = read_nvidia_smi_table(text, path=path, host=host or path.stem, zone=parse_zone(tz))
         return ParsedRows(fmt, gpu, parsed_rows(fmt, [], []).engine)
     if fmt == detect.EXPOSITION:
-        return parse_exposition_file(text, path=path, host=host, at=at, endpoint=endpoint)
+        return parse_exposition_file(
+            text, path=path, host=host, at=at, endpoint=endpoint, host_label=host_label
+        )
     if fmt == detect.PROM_JSON:
-        return parse_prom_json_file(text, path=path, host=host, endpoint=endpoint)
+        return parse_prom_json_file(text, path=path, host=host, endpoint=endpoint, host_label=host_label)
     raise DataError(
         f"{path}: unknown format",
         hint="supported: nvidia-smi CSV, Prometheus/OpenMetrics text (DCGM, vLLM), Prometheus API JSON",
@@ -90,17 +148,20 @@ def import_files(
     at: datetime | None = None,
     tz: str | None = None,
     endpoint: str | None = None,
+    host_label: str | None = None,
 ) -> ImportSummary:
     """Parse every file, then write all rows into the dataset at ``out`` (all or nothing).
 
     ``at``: the time of scrapes without sample timestamps. ``tz``: the zone of nvidia-smi
     timestamps (default UTC; ``local``; an IANA name). ``endpoint``: the engine ``endpoint`` of
-    vLLM series without an ``instance`` label (default: the file name).
+    vLLM series without an ``instance`` label (default: the file name). ``host_label``: the
+    label whose value is each row's host where a series has it; not with ``host``.
     """
+    _check_host_options(host, host_label)
     pending: list[_Pending] = []
     formats: dict[str, str] = {}
     for path in paths:
-        parsed = parse_file(path, host=host, at=at, tz=tz, endpoint=endpoint)
+        parsed = parse_file(path, host=host, at=at, tz=tz, endpoint=endpoint, host_label=host_label)
         formats[str(path)] = parsed.format
         digest = hashlib.sha256(path.read_bytes())
         digest.update(f"\0{at.isoformat() if at else ''}\0{tz or ''}".encode())
@@ -109,9 +170,11 @@ def import_files(
             "import_input": path.name,
             "import_sha256": digest.hexdigest(),
         }
+        if host_label:
+            meta["import_host_label"] = host_label
         pending.append(_Pending(f"import-{parsed.format}-{digest.hexdigest()[:12]}", parsed, meta))
     written = write_pending(out, pending)
-    return ImportSummary(list(paths), _count(pending), formats, written)
+    return _summary(list(paths), pending, formats, written, host_label)
 
 
 def _count(pending: Sequence[_Pending]) -> dict[str, int]:
@@ -156,10 +219,15 @@ def import_prometheus(
     host: str | None = None,
     client: httpx.Client | None = None,
     window_s: float = 3600.0,
+    host_label: str | None = None,
 ) -> ImportSummary:
-    """Read the raw DCGM and vLLM samples in [start, end] from a live Prometheus; write them."""
+    """Read the raw DCGM and vLLM samples in [start, end] from a live Prometheus; write them.
+
+    ``host_label``: the label whose value is each row's host where a series has it; not with ``host``.
+    """
     from gpuaudit.importers.prometheus_live import fetch_rows
 
+    _check_host_options(host, host_label)
     rows, name, meta = fetch_rows(
         url,
         start=start,
@@ -169,7 +237,8 @@ def import_prometheus(
         host=host,
         client=client,
         window_s=window_s,
+        host_label=host_label,
     )
     pending = [_Pending(name, rows, meta)]
     written = write_pending(out, pending)
-    return ImportSummary([], _count(pending), {url: rows.format}, written)
+    return _summary([], pending, {url: rows.format}, written, host_label)

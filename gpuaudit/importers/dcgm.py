@@ -4,8 +4,9 @@ One row per (host, GPU key, timestamp): the families of one scrape merge into on
 The GPU key is the ``UUID`` label (``uuid`` under ``--use-old-namespace``); a MIG instance
 (``GPU_I_ID`` label) is keyed ``<UUID>/gi<GPU_I_ID>`` with ``parent_uuid`` = the UUID, as
 dcgm-exporter prints no MIG UUID. Without a UUID the key is ``<host>:gpu<gpu label>``.
-Host: the ``--host`` option, else the ``Hostname``/``hostname`` label, else the host part of
-``instance``, else a fallback (the file name). DCGM blank sentinels (≥ 2^63 - 16) are dropped.
+Host: the ``--host`` option, else the ``--host-label`` label when the series has it, else the
+``Hostname``/``hostname`` label, else the host part of ``instance``, else a fallback (the file
+name). DCGM blank sentinels (≥ 2^63 - 16) are dropped.
 """
 
 from __future__ import annotations
@@ -53,9 +54,19 @@ def family(name: str) -> str | None:
     return None
 
 
-def host_of(labels: Mapping[str, str], *, override: str | None, fallback: str) -> str:
+def host_of(
+    labels: Mapping[str, str], *, override: str | None, fallback: str, label: str | None = None
+) -> str:
+    """``override``, else ``labels[label]``, else Hostname/hostname, else instance's host, else ``fallback``.
+
+    The label value is kept as it is (the store escapes partition values).
+    """
     if override:
         return override
+    if label:
+        chosen = labels.get(label)
+        if chosen:
+            return chosen
     named = labels.get("Hostname") or labels.get("hostname")
     if named:
         return named
@@ -82,14 +93,14 @@ class _Identities:
     """host, GPU key and identity columns per label set; parsers share label mappings between
     the samples of a series, so this is looked up by object identity (the mapping is kept alive)."""
 
-    def __init__(self, host: str | None, fallback_host: str) -> None:
-        self.host, self.fallback = host, fallback_host
+    def __init__(self, host: str | None, fallback_host: str, host_label: str | None) -> None:
+        self.host, self.fallback, self.label = host, fallback_host, host_label
         self.cache: dict[int, tuple[Mapping[str, str], str, str, dict[str, object]]] = {}
 
     def get(self, labels: Mapping[str, str]) -> tuple[str, str, dict[str, object]]:
         hit = self.cache.get(id(labels))
         if hit is None or hit[0] is not labels:
-            h = host_of(labels, override=self.host, fallback=self.fallback)
+            h = host_of(labels, override=self.host, fallback=self.fallback, label=self.label)
             hit = self.cache[id(labels)] = (labels, h, *_identity(labels, h))
         return hit[1], hit[2], hit[3]
 
@@ -101,13 +112,15 @@ def gpu_rows(
     host: str | None,
     fallback_host: str,
     default_ts_s: float | None = None,
+    host_label: str | None = None,
 ) -> list[dict[str, object]]:
     """Merge the DCGM samples into ``gpu`` rows; samples of unmapped families are ignored.
 
     ``default_ts_s`` is the time of samples that carry no timestamp (a scrape and ``--at``).
+    ``host_label``: the label whose value is the host, where a series has it (``--host-label``).
     """
     rows: dict[tuple[str, str, int], dict[str, object]] = {}
-    identities = _Identities(host, fallback_host)
+    identities = _Identities(host, fallback_host, host_label)
     for s in samples:
         fam = family(s.name)
         value = s.value

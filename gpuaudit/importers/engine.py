@@ -4,7 +4,7 @@ The mapping itself is the live scraper's (``gpuaudit.sources.vllm.engine_samples
 are grouped by (endpoint, timestamp) and each group is handed over as one ``Exposition``, as
 if it were one scrape. In Prometheus every sample of a scrape carries the scrape's timestamp,
 so a group is exactly one scrape. ``endpoint`` is the ``instance`` label, else a fallback
-(the file name, or the Prometheus URL).
+(the file name, or the Prometheus URL). The host is chosen as for GPU rows (``dcgm.host_of``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,15 @@ def infer_types(samples: Iterable[PromSample]) -> dict[str, str]:
     return types
 
 
+def _host_labels(group: list[PromSample], label: str | None) -> Mapping[str, str]:
+    """The labels that decide a scrape's host: the first series that has ``label``, else the first."""
+    if label:
+        for s in group:
+            if s.labels.get(label):
+                return s.labels
+    return group[0].labels
+
+
 def engine_rows(
     samples: list[PromSample],
     *,
@@ -47,8 +56,12 @@ def engine_rows(
     fallback_host: str,
     fallback_endpoint: str,
     default_ts_s: float | None = None,
+    host_label: str | None = None,
 ) -> list[dict[str, object]]:
-    """Engine rows from the ``vllm:*`` samples of ``samples``; others are ignored."""
+    """Engine rows from the ``vllm:*`` samples of ``samples``; others are ignored.
+
+    ``host_label``: the label whose value is the host, where a series has it (``--host-label``).
+    """
     if not any(is_vllm(s.name) for s in samples):
         return []
     vllm = [s for s in samples if is_vllm(s.name) or s.name == PROCESS_START]
@@ -64,7 +77,7 @@ def engine_rows(
         groups.setdefault((endpoint, round(ts_s * 1000)), []).append(s)
     rows: list[dict[str, object]] = []
     for (endpoint, ts_ms), group in sorted(groups.items()):
-        h = host_of(group[0].labels, override=host, fallback=fallback_host)
+        h = host_of(_host_labels(group, host_label), override=host, fallback=fallback_host, label=host_label)
         expo = Exposition(group, family_types)
         for sample in engine_samples(expo, ts=from_epoch_s(ts_ms / 1000), endpoint=endpoint):
             rows.append(sample.row(host=h, source=source))

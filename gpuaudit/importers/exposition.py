@@ -17,7 +17,7 @@ from pathlib import Path
 from gpuaudit.errors import ConfigError, DataError
 from gpuaudit.importers import dcgm
 from gpuaudit.importers.engine import PROCESS_START, engine_rows, is_vllm
-from gpuaudit.importers.rows import ParsedRows, parsed_rows
+from gpuaudit.importers.rows import ParsedRows, label_coverage, parsed_rows
 from gpuaudit.sources.promtext import Exposition, PromParseError, PromSample, parse_exposition
 
 _MS_AS_SECONDS_BELOW_S = 1e8  # 10^11 ms read as seconds by the 0.0.4 rule -> 10^8 s
@@ -41,7 +41,13 @@ def _fix_ms_seconds(samples: list[PromSample]) -> list[PromSample]:
 
 
 def parse_exposition_file(
-    text: str, *, path: Path, host: str | None, at: datetime | None, endpoint: str | None = None
+    text: str,
+    *,
+    path: Path,
+    host: str | None,
+    at: datetime | None,
+    endpoint: str | None = None,
+    host_label: str | None = None,
 ) -> ParsedRows:
     """Rows for the ``gpu`` and ``engine`` tables from one exposition file."""
     try:
@@ -66,7 +72,14 @@ def parse_exposition_file(
         )
     fmt = "scrape" if untimed == len(samples) else "openmetrics"
     at_s = at.timestamp() if at is not None else None
-    gpu = dcgm.gpu_rows(samples, source="dcgm", host=host, fallback_host=path.stem, default_ts_s=at_s)
+    gpu = dcgm.gpu_rows(
+        samples,
+        source="dcgm",
+        host=host,
+        fallback_host=path.stem,
+        default_ts_s=at_s,
+        host_label=host_label,
+    )
     engine = engine_rows(
         samples,
         types=expo.types,
@@ -75,5 +88,6 @@ def parse_exposition_file(
         fallback_host=path.stem,
         fallback_endpoint=endpoint or path.name,
         default_ts_s=at_s,
+        host_label=host_label,
     )
-    return parsed_rows(fmt, gpu, engine)
+    return parsed_rows(fmt, gpu, engine, label_coverage(samples, host_label))

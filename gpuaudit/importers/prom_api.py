@@ -16,7 +16,7 @@ from types import MappingProxyType
 from gpuaudit.errors import DataError
 from gpuaudit.importers import dcgm
 from gpuaudit.importers.engine import engine_rows
-from gpuaudit.importers.rows import ParsedRows, parsed_rows
+from gpuaudit.importers.rows import ParsedRows, label_coverage, parsed_rows
 from gpuaudit.sources.promtext import PromSample
 
 FORMAT = "prometheus-json"
@@ -103,9 +103,15 @@ def samples_from_response(doc: object, *, where: str) -> list[PromSample]:
 
 
 def rows_from_samples(
-    samples: list[PromSample], *, host: str | None, fallback_host: str, fallback_endpoint: str
+    samples: list[PromSample],
+    *,
+    host: str | None,
+    fallback_host: str,
+    fallback_endpoint: str,
+    host_label: str | None = None,
 ) -> ParsedRows:
-    gpu = dcgm.gpu_rows(samples, source=SOURCE, host=host, fallback_host=fallback_host)
+    """``gpu`` and ``engine`` rows of API samples; ``host_label`` as ``--host-label``."""
+    gpu = dcgm.gpu_rows(samples, source=SOURCE, host=host, fallback_host=fallback_host, host_label=host_label)
     engine = engine_rows(
         samples,
         types=None,
@@ -113,17 +119,22 @@ def rows_from_samples(
         host=host,
         fallback_host=fallback_host,
         fallback_endpoint=fallback_endpoint,
+        host_label=host_label,
     )
-    return parsed_rows(FORMAT, gpu, engine)
+    return parsed_rows(FORMAT, gpu, engine, label_coverage(samples, host_label))
 
 
 def parse_prom_json_file(
-    text: str, *, path: Path, host: str | None, endpoint: str | None = None
+    text: str, *, path: Path, host: str | None, endpoint: str | None = None, host_label: str | None = None
 ) -> ParsedRows:
     where = str(path)
     samples = samples_from_response(load_json(text, where=where), where=where)
     rows = rows_from_samples(
-        samples, host=host, fallback_host=path.stem, fallback_endpoint=endpoint or path.name
+        samples,
+        host=host,
+        fallback_host=path.stem,
+        fallback_endpoint=endpoint or path.name,
+        host_label=host_label,
     )
     if not rows.gpu.num_rows and not rows.engine.num_rows:
         raise DataError(

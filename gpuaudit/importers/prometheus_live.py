@@ -109,8 +109,12 @@ def fetch_rows(
     host: str | None,
     client: httpx.Client | None,
     window_s: float = DEFAULT_WINDOW_S,
+    host_label: str | None = None,
 ) -> tuple[ParsedRows, str, dict[str, Any]]:
-    """All rows in [start, end], the output file stem, and the file metadata."""
+    """All rows in [start, end], the output file stem, and the file metadata.
+
+    ``host_label``: the label whose value is each row's host, where a series has it.
+    """
     import httpx
 
     if end <= start:
@@ -124,12 +128,20 @@ def fetch_rows(
         for i, (a, b) in enumerate(_windows(start_ms, end_ms, round(window_s * 1000))):
             samples = _read_window(http, url, query, a, b, i == 0)
             parts.append(
-                rows_from_samples(samples, host=host, fallback_host="unknown", fallback_endpoint=redact(url))
+                rows_from_samples(
+                    samples,
+                    host=host,
+                    fallback_host="unknown",
+                    fallback_endpoint=redact(url),
+                    host_label=host_label,
+                )
             )
     finally:
         if own:
             http.close()
     key = f"{redact(url)}\0{query}\0{start_ms}\0{end_ms}\0{host or ''}"
+    if host_label:
+        key += f"\0host-label={host_label}"  # keeps the names of imports without it unchanged
     sha = hashlib.sha256(key.encode()).hexdigest()
     meta = {
         "import_format": FORMAT,
@@ -139,4 +151,6 @@ def fetch_rows(
         "import_end": end.isoformat(),
         "interval_s": step_s,
     }
+    if host_label:
+        meta["import_host_label"] = host_label
     return concat(FORMAT, parts), f"import-{FORMAT}-{sha[:12]}", meta

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from gpuaudit.render import html_charts as charts
+from gpuaudit.render import html_events as events_html
 from gpuaudit.render.html_style import CSS
-from gpuaudit.render.html_svg import as_list, as_map, esc, nodata, num, parse_time
+from gpuaudit.render.html_svg import as_list, as_map, esc, fmt_time, nodata, num, parse_time
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 UTIL_NOTE = (
     "utilization.gpu (NVML, nvidia-smi) is the share of time in which at least one kernel was running: "
     "one small kernel on one SM counts as 100%. SM activity (DCGM / GPM) is the share of streaming "
     "multiprocessors that were busy, so it shows how much of the chip the work really used."
+)
+EVENTS_NOTE = (
+    " Thin vertical marks with a flag on top are events (GPU lost, sampler started or stopped, endpoint "
+    "down or up, field unsupported), coloured by kind; hover one for its time, subject and detail."
 )
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2, "unknown": 3}
 Fmt = Callable[[Any], str]
@@ -70,7 +74,7 @@ def _when(value: Any) -> str:
     t = parse_time(value)
     if t is None:
         return _text(value)
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return fmt_time(t)
 
 
 # ---------------------------------------------------------------- page sections
@@ -320,15 +324,18 @@ def _engines(engines: Any) -> str:
 # ---------------------------------------------------------------- document
 
 
-def _charts(report: Mapping[str, Any], gpus: list[Mapping[str, Any]]) -> str:
+def _charts(report: Mapping[str, Any], gpus: list[Mapping[str, Any]], events: list[events_html.Ev]) -> str:
     ts = as_map(report.get("timeseries"))
     labels = {str(g.get("uuid")): charts.gpu_label(g) for g in gpus if g.get("uuid") is not None}
+    window = as_map(report.get("window"))
+    span = (parse_time(window.get("start")), parse_time(window.get("end")))
+    util = charts.util_timeseries(ts.get("gpus"), labels, events, span)
     figures = [
         _figure(
             "util-timeseries",
             "Utilization over time",
-            charts.util_timeseries(ts.get("gpus"), labels),
-            UTIL_NOTE,
+            util,
+            UTIL_NOTE + (EVENTS_NOTE if 'class="event-marker' in util else ""),
         ),
         _figure(
             "gpu-states",
@@ -352,10 +359,16 @@ def _charts(report: Mapping[str, Any], gpus: list[Mapping[str, Any]]) -> str:
     return f'<section id="section-charts" class="charts">{"".join(figures)}</section>'
 
 
+def _events(report: Mapping[str, Any], events: list[events_html.Ev]) -> str:
+    body, note = events_html.events_body(events, events_html.event_counts(report, events))
+    return _section("events", "Events", body, note)
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """Render a report dict (JSON contract, schema_version 1) as one self-contained HTML document."""
     report = as_map(report)
     gpus = [as_map(g) for g in as_list(report.get("gpus")) if isinstance(g, Mapping)]
+    events = events_html.parse_events(report.get("events"))
     window = as_map(report.get("window"))
     title = f"gpuaudit report · {_when(window.get('start'))}"
     if report.get("simulated") is True:
@@ -365,7 +378,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         _header(report),
         _headlines(as_map(report.get("totals")), gpus),
         _findings(sorted_findings(report.get("findings"))),
-        _charts(report, gpus),
+        _charts(report, gpus, events),
+        _events(report, events),
         _section(
             "gpus",
             "GPUs",

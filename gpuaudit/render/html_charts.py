@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from gpuaudit.render.html_events import MAX_EVENT_MARKERS, Ev, event_markers, markers_note
 from gpuaudit.render.html_svg import (
     PALETTE,
     W,
@@ -53,8 +54,18 @@ SEVERITY_COLORS = {"critical": "#dc2626", "warning": "#f59e0b", "info": "#2563eb
 MAX_SCATTER_POINTS = 1500
 
 
-def util_timeseries(series: Any, labels: Mapping[str, str]) -> str:
-    """Utilization over time, one solid line per GPU, SM activity dashed in the same color."""
+def util_timeseries(
+    series: Any,
+    labels: Mapping[str, str],
+    events: Sequence[Ev] = (),
+    window: tuple[float | None, float | None] = (None, None),
+) -> str:
+    """Utilization over time, one solid line per GPU, SM activity dashed in the same color.
+
+    Events inside the report window (or, without one, the series' span) are marked with a thin
+    vertical line in their kind's color, so a line that stops can be read against a GPU lost, a
+    sampler restart or an endpoint going down.
+    """
     cid = "chart-util-timeseries"
     lines = []
     for i, raw in enumerate(as_list(series)):
@@ -71,6 +82,9 @@ def util_timeseries(series: Any, labels: Mapping[str, str]) -> str:
         return nodata(cid, "No utilization time series in this report (render it from a dataset to get one).")
     stamps = [t for _, _, u, s in lines for run in (*u, *s) for t, _ in run]
     t0, t1 = min(stamps), max(stamps)
+    marked, outside = _events_in_range(events, t0, t1, window)
+    event_times = [e.t for e in marked if e.t is not None]
+    t0, t1 = min([t0, *event_times]), max([t1, *event_times])
     if t1 - t0 < 1:
         t0, t1 = t0 - 30, t1 + 30
     height, x0, x1, y0, y1 = 320, 52.0, W - 16.0, 14.0, 320 - 40.0
@@ -102,12 +116,28 @@ def util_timeseries(series: Any, labels: Mapping[str, str]) -> str:
             out.append(
                 f'<path class="series sm" stroke="{color}" stroke-dasharray="6 4" d="{d}">{title}</path>'
             )
+    event_keys: list[tuple[str, str, str]] = []
+    if marked:
+        svg, event_keys = event_markers(marked, x_of, y0, y1)
+        out.extend(svg)
     out.append("</svg>")
     keys = [(label, color, "") for label, color, _, _ in lines]
     keys.append(("utilization.gpu (solid)", "#334155", "line"))
     if any(sm for *_, sm in lines):
         keys.append(("SM activity (dashed)", "#334155", "dashed"))
-    return "".join(out) + legend(keys)
+    note = markers_note(len(events), len(marked), outside)
+    return "".join(out) + legend([*keys, *event_keys]) + note
+
+
+def _events_in_range(
+    events: Sequence[Ev], t0: float, t1: float, window: tuple[float | None, float | None]
+) -> tuple[list[Ev], int]:
+    """(the first MAX_EVENT_MARKERS events inside the window or the series' span, how many lie outside)."""
+    slack = 0.02 * max(t1 - t0, 1.0)
+    lo = min(t0, window[0]) if window[0] is not None else t0
+    hi = max(t1, window[1]) if window[1] is not None else t1
+    inside = [e for e in events if e.t is not None and lo - slack <= e.t <= hi + slack]
+    return inside[:MAX_EVENT_MARKERS], len(events) - len(inside)
 
 
 def gpu_label(gpu: Mapping[str, Any]) -> str:

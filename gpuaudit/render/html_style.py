@@ -51,12 +51,16 @@ svg.chart .seg { stroke: #fff; stroke-width: 1; }
 svg.chart .seg-label { fill: #fff; font-size: 11px; font-weight: 600; }
 svg.chart .seg-label.dark { fill: #1e293b; }
 svg.chart .bar-out { fill: #0891b2; } svg.chart .bar-total { fill: #a5f3fc; }
+svg.chart .event-line { stroke-width: 1.3; opacity: 0.85; }
+svg.chart .event-hit { stroke: transparent; stroke-width: 9; pointer-events: stroke; }
+svg.chart .event-marker:hover .event-line { stroke-width: 2.5; opacity: 1; }
 .legend { display: flex; flex-wrap: wrap; gap: 4px 16px; margin-top: 8px; font-size: 12px; color: #334155; }
 .legend .key { display: inline-flex; align-items: center; gap: 6px; }
 .legend .sw { display: inline-block; width: 14px; height: 10px; border-radius: 2px; }
 .legend .sw.line { height: 3px; width: 18px; }
 .legend .sw.dashed { height: 3px; width: 18px;
   background: repeating-linear-gradient(90deg, #334155 0 6px, transparent 6px 9px) !important; }
+.legend .sw.event { width: 3px; height: 14px; border-radius: 0; }
 .legend .sw.hatch { background: repeating-linear-gradient(45deg, #94a3b8 0 2px, #f1f5f9 2px 5px); }
 .table-wrap { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 12px; }
@@ -79,6 +83,9 @@ table.kv th { width: 28%; font-weight: 600; color: #334155; }
 .badge.sev-warning { background: #fef3c7; color: #92400e; }
 .badge.sev-info { background: #dbeafe; color: #1e40af; }
 .badge.sev-unknown { background: #e2e8f0; color: #334155; }
+table.event-counts { width: auto; min-width: 260px; margin-bottom: 12px; }
+td.kind .sw { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+#events-table td.detail { white-space: normal; min-width: 28ch; }
 @media print { body { background: #fff; } .simulated-banner { position: static; }
   section, figure { break-inside: avoid; border-color: #cbd5e1; } }
 """

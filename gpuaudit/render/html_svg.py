@@ -59,6 +59,11 @@ def parse_time(value: Any) -> float | None:
     return num(value)
 
 
+def fmt_time(t: float) -> str:
+    """Epoch seconds as '2025-03-04 09:00:00 UTC'."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def nodata(chart_id: str, message: str) -> str:
     return f'<div class="nodata" id="{esc(chart_id)}">{esc(message)}</div>'
 
