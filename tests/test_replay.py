@@ -140,9 +140,11 @@ def test_replay_cli_end_to_end_against_serve_sim(tmp_path, cli):
             "--save-detailed",
             "--metadata",
             "gpu=H100",
+            "--goodput",
+            "ttft:600000,e2el:600000",  # every request meets these
         )
     assert r.returncode == 0, r.stderr
-    assert "Replay result" in r.stdout and "Successful requests:" in r.stdout
+    assert "Replay result" in r.stdout and "Successful requests:" in r.stdout and "goodput" in r.stdout
     res = json.loads(out.read_text())
     assert set(res) >= BENCH_KEYS
     want = [json.loads(x) for x in trace.read_text().splitlines()]
@@ -153,6 +155,8 @@ def test_replay_cli_end_to_end_against_serve_sim(tmp_path, cli):
     assert res["server"]["config"]["gpu"] == "H100-SXM" and res["gpu"] == "H100"
     assert res["cache_config"]["block_size"] == "16"
     assert res["total_output_tokens"] == sum(w["output_length"] for w in want)
+    assert res["request_goodput"] == pytest.approx(res["request_throughput"])
+    assert res["goodput_slo_ms"] == {"ttft": 600000, "e2el": 600000}
 
 
 def test_replay_agrees_with_simulate_within_10_percent(tmp_path):
@@ -299,5 +303,8 @@ def test_replay_cli_bad_inputs(tmp_path, cli):
     r = cli("replay", str(tmp_path / "missing.jsonl"), "--endpoint", "http://127.0.0.1:1", "--model", "m")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
     trace = write_trace(tmp_path / "t.jsonl", 2, 10.0)
+    r = cli("replay", str(trace), "--endpoint", "http://127.0.0.1:1", "--model", "m", "--goodput", "ttft")
+    assert r.returncode == 2 and r.stderr.startswith("error: --goodput expects")
+    assert "Traceback" not in r.stderr
     r = cli("replay", str(trace), "--endpoint", f"http://127.0.0.1:{_closed_port()}", "--model", "m")
     assert r.returncode == 3 and "no request succeeded" in r.stderr and "ConnectError" in r.stderr

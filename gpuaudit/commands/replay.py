@@ -38,6 +38,7 @@ SUMMARY_ROWS = (
     ("Total generated tokens", "total_output_tokens", "{:d}"),
     ("Request throughput (req/s)", "request_throughput", "{:.2f}"),
     ("Output token throughput (tok/s)", "output_throughput", "{:.2f}"),
+    ("Request goodput (req/s)", "request_goodput", "{:.2f}"),
     ("Mean / P99 TTFT (ms)", ("mean_ttft_ms", "p99_ttft_ms"), "{:.2f} / {:.2f}"),
     ("Mean / P99 TPOT (ms)", ("mean_tpot_ms", "p99_tpot_ms"), "{:.2f} / {:.2f}"),
     ("Mean / P99 ITL (ms)", ("mean_itl_ms", "p99_itl_ms"), "{:.2f} / {:.2f}"),
@@ -50,6 +51,8 @@ def render_summary(res: dict[str, Any]) -> str:
     title = "Replay result (partial)" if res.get("partial") else "Replay result"
     lines = [f"{f' {title} ':=^56}"]
     for label, keys, fmt in SUMMARY_ROWS:
+        if keys == "request_goodput" and res.get(keys) is None:
+            continue  # no --goodput
         vals = [res.get(k) for k in ((keys,) if isinstance(keys, str) else keys)]
         text = "n/a" if any(v is None for v in vals) else fmt.format(*vals)
         lines.append(f"{label + ':':<40}{text:>16}")
@@ -152,10 +155,17 @@ def register(app: typer.Typer) -> None:
             [], "--metadata", help="KEY=VALUE stored in the result; repeatable."
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the prompt text (and of a DATASET's trace)."),
+        goodput: list[str] = typer.Option(
+            [],
+            "--goodput",
+            help="SLO METRIC:MS (ttft, tpot, e2el), repeatable: request_goodput = completed requests "
+            "meeting all of them per second, as vllm bench serve --goodput.",
+        ),
         fmt: OutFormat = typer.Option(OutFormat.TABLE, "--format", help="stdout: summary table or the JSON."),
     ) -> None:
         """Replay a trace or a recorded workload against an OpenAI-compatible server (vLLM, serve-sim)."""
         from gpuaudit.replay.client import ReplayOptions, replay
+        from gpuaudit.replay.goodput import parse_goodput
         from gpuaudit.replay.probe import probe_server
         from gpuaudit.replay.results import bench_result, json_safe
         from gpuaudit.replay.trace import load_requests
@@ -164,12 +174,13 @@ def register(app: typer.Typer) -> None:
             endpoint, model, api.value, time_scale, max_concurrency, duration, ignore_eos, seed=seed
         )
         extra = parse_metadata(metadata)
+        goodput_ms = parse_goodput(goodput)
         requests = load_requests(source, model=dataset_model, hours=hours, seed=seed)
         extra |= {"source": str(source)} | probe_server(opts.base_url)
         stop = threading.Event()
         with sigint_stops(stop), progress_bar(len(requests), sys.stderr.isatty()) as progress:
             run = replay(requests, opts, stop=stop, progress=progress)
-        res = json_safe(bench_result(run, opts, detailed=save_detailed, extra=extra))
+        res = json_safe(bench_result(run, opts, detailed=save_detailed, extra=extra, goodput_ms=goodput_ms))
         if out is not None:
             write_json(out, res)
         print(json.dumps(res, indent=2) if fmt is OutFormat.JSON else render_summary(res))

@@ -14,7 +14,10 @@ Same keys and meanings as vllm bench, so a replay, a ``vllm bench serve`` run an
   ``output_lens``, ``start_times``; with ``detailed``: ``ttfts``, ``itls``, ``latencies``,
   ``errors``, ``generated_texts``.
 
-gpuaudit's additions: ``partial``, ``cancelled``, ``errors_by_status``, ``time_scale``, ``source``,
+``request_goodput`` is set with ``--goodput`` (:mod:`gpuaudit.replay.goodput`), else null.
+
+gpuaudit's additions: ``partial``, ``cancelled``, ``errors_by_status``, ``time_scale``,
+``goodput_slo_ms``, ``source``,
 ``server`` (serve-sim's ``/sim/config`` when the endpoint is serve-sim) and ``gpuaudit_version``.
 """
 
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from gpuaudit import __version__
 from gpuaudit.recommend.results import PERCENTILES, _stats
 from gpuaudit.replay.client import Outcome, ReplayOptions, ReplayRun
+from gpuaudit.replay.goodput import meets
 
 
 def _max_tokens_per_s(done: list[Outcome]) -> float:
@@ -49,9 +54,27 @@ def _tpot(o: Outcome) -> float:
     return math.nan
 
 
+def _good(done: list[Outcome], slo_ms: Mapping[str, float]) -> int:
+    """Completed requests meeting every SLO (:mod:`gpuaudit.replay.goodput`)."""
+    good = 0
+    for o in done:
+        if o.ttft_s is None or o.latency_s is None:
+            continue
+        tpot = _tpot(o)
+        tpot_s = 0.0 if math.isnan(tpot) else tpot  # <= 1 output token: 0, as vllm bench has it
+        good += meets(slo_ms, ttft_s=o.ttft_s, tpot_s=tpot_s, e2el_s=o.latency_s)
+    return good
+
+
 def bench_result(
-    run: ReplayRun, opts: ReplayOptions, *, detailed: bool = False, extra: dict[str, Any] | None = None
+    run: ReplayRun,
+    opts: ReplayOptions,
+    *,
+    detailed: bool = False,
+    extra: dict[str, Any] | None = None,
+    goodput_ms: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
+    """The result; ``goodput_ms`` (SLOs in ms by metric) gives ``request_goodput``, else it is None."""
     done = [o for o in run.outcomes if o.ok]
     failed = [o for o in run.outcomes if not o.ok and o.status != "cancelled"]
     cancelled = sum(o.status == "cancelled" for o in run.outcomes)
@@ -75,7 +98,7 @@ def bench_result(
         "total_input_tokens": tin,
         "total_output_tokens": tout,
         "request_throughput": len(done) / dur if dur > 0 else math.nan,
-        "request_goodput": None,
+        "request_goodput": (_good(done, goodput_ms) / dur if dur > 0 else math.nan) if goodput_ms else None,
         "output_throughput": tout / dur if dur > 0 else math.nan,
         "total_token_throughput": (tin + tout) / dur if dur > 0 else math.nan,
         "max_output_tokens_per_s": _max_tokens_per_s(done),
@@ -93,6 +116,7 @@ def bench_result(
         "cancelled": cancelled,
         "errors_by_status": dict(sorted(Counter(str(o.status) for o in failed).items())),
         "time_scale": opts.time_scale,
+        "goodput_slo_ms": dict(goodput_ms) if goodput_ms else None,
         "percentiles": list(PERCENTILES),
         "gpuaudit_version": __version__,
     }
