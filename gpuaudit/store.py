@@ -8,9 +8,17 @@ Crash safety: a writer keeps the rows of the current segment (default 15 minutes
 to the clock) in memory and, on every flush, rewrites that segment's file as a hidden
 ``.<name>.tmp`` and then ``os.replace``-s it into place. A reader therefore only ever sees
 complete files, a ``kill -9`` loses at most the rows since the last flush, and there is
-one file per table, segment, host and sampler session (bounded: 4 per hour). Rewriting is
-cheap because a segment holds at most 15 minutes of rows. Hidden ``.tmp`` files are
-ignored by pyarrow and by the ``*.parquet`` globs used here.
+one file per table, segment, host and sampler session. Rewriting is cheap because a segment
+holds at most 15 minutes of rows. Hidden ``.tmp`` files are ignored by pyarrow and by the
+``*.parquet`` globs used here.
+
+Compaction: once a writer has moved on to a later hour, it merges its segments of the
+finished hour (``<YYYY-MM-DDTHH><MM>-<session>.parquet``) into one file
+``<YYYY-MM-DDTHH>-<session>.parquet`` (atomically, as above) and then deletes them: one file
+per table, hour, host and session, which keeps file counts (and report times) down. A
+segment file next to the hour file of its session is a leftover of a crash between the two
+steps and is never read (:func:`parquet_files`). Rows that arrive late for a compacted hour
+are merged into the hour file.
 """
 
 from __future__ import annotations
@@ -109,6 +117,23 @@ class _HourBuffer:
     dirty: bool = False
 
 
+# A sampler file: <YYYY-MM-DDTHH>[<MM>]-<session>.parquet (an hour file has no minutes).
+_SAMPLER_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2})(\d{2})?-(.+)\.parquet$")
+
+
+def _read_back(path: Path) -> pa.Table:
+    """A file this writer wrote, read back (to compact it or add late rows to it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise StoreError(
+            f"cannot read back {path}: {exc}", hint="the file was changed or removed while the sampler ran"
+        ) from exc
+
+
 class DatasetWriter:
     """Appends rows to a dataset. Not thread-safe: one sampler loop owns it."""
 
@@ -129,6 +154,8 @@ class DatasetWriter:
         self.session = session or datetime.now(UTC).strftime("%H%M%S") + "-" + secrets.token_hex(3)
         self._metadata = dict(metadata or {})
         self._hours: dict[tuple[str, str], _HourBuffer] = {}
+        self._segments: dict[tuple[str, str], list[Path]] = {}  # (table, hour) -> its segment files
+        self._compacted: dict[tuple[str, str], Path] = {}  # (table, hour) -> the hour file
         self._pending: dict[str, list[Mapping[str, object]]] = {t: [] for t in TABLES}
         self.rows_written = 0
         self.files_written: set[Path] = set()
@@ -181,21 +208,53 @@ class DatasetWriter:
         secs = (utc.minute * 60 + utc.second) // self.rotate_s * self.rotate_s
         return f"{utc:%Y-%m-%dT%H}{secs // 60:02d}"
 
+    def _path(self, table: str, name: str) -> Path:
+        return (
+            table_dir(self.root, table)
+            / f"date={name[:10]}"
+            / f"host={partition_value(self.host)}"
+            / (f"{name}-{self.session}.parquet")
+        )
+
     def _flush_hour(self, table: str, hour: str, rows: list[Mapping[str, object]]) -> None:
         import pyarrow as pa
 
         buf = self._hours.get((table, hour))
         if buf is None:
-            date = hour[:10]
-            name = f"{hour}-{self.session}.parquet"
-            path = table_dir(self.root, table) / f"date={date}" / f"host={partition_value(self.host)}" / name
-            buf = self._hours[(table, hour)] = _HourBuffer(path)
+            self._compact_before(table, hour[:13])
+            compacted = self._compacted.get((table, hour[:13]))
+            path = compacted or self._path(table, hour)
+            buf = _HourBuffer(path)
+            if path in self.files_written:  # late rows for a file already written: add to it
+                buf.parts = [_read_back(path)]
+            self._hours[(table, hour)] = buf
             self._drop_old_hours(table, hour)
         new = rows_to_table(table, rows)
         candidate = pa.concat_tables([*buf.parts, new]) if buf.parts else new
         _write_atomic(buf.path, table, candidate, file_metadata(self._metadata))
         buf.parts = [candidate.combine_chunks()]
         self.files_written.add(buf.path)
+        if buf.path not in self._compacted.values():
+            segments = self._segments.setdefault((table, hour[:13]), [])
+            if buf.path not in segments:
+                segments.append(buf.path)
+
+    def _compact_before(self, table: str, hour: str) -> None:
+        """Merge this writer's segments of each hour before ``hour`` into one file per hour."""
+        for key in sorted(k for k in self._segments if k[0] == table and k[1] < hour):
+            segments = self._segments[key]
+            if len(segments) > 1:
+                import pyarrow as pa
+
+                path = self._path(table, key[1])
+                data = pa.concat_tables([_read_back(p) for p in segments], promote_options="default")
+                _write_atomic(path, table, data, file_metadata(self._metadata))
+                self._compacted[key] = path
+                self.files_written.add(path)
+                for p in segments:  # a crash before this leaves segments that readers skip
+                    p.unlink(missing_ok=True)
+                    self.files_written.discard(p)
+            del self._segments[key]
 
     def _drop_old_hours(self, table: str, current_hour: str) -> None:
         """Finished hours are final on disk; keep only the current hour in memory."""
@@ -256,7 +315,16 @@ def parquet_files(root: Path, table: str) -> list[Path]:
         if name.endswith(".parquet") and not name.startswith(".")
     ]
     found.sort(key=lambda p: p.split(os.sep))  # as sorted Paths are: part by part
-    return [Path(p) for p in found]
+    names = set(found)
+    return [Path(p) for p in found if not _superseded(p, names)]
+
+
+def _superseded(path: str, names: set[str]) -> bool:
+    """A sampler segment whose hour its session has compacted (a crash came between writing
+    the hour file and deleting the segments): the hour file holds its rows."""
+    folder, name = os.path.split(path)
+    m = _SAMPLER_FILE.match(name)
+    return bool(m and m.group(2) and os.path.join(folder, f"{m.group(1)}-{m.group(3)}.parquet") in names)
 
 
 def open_dataset(root: Path, table: str) -> pads.Dataset:
