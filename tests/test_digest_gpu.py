@@ -193,13 +193,24 @@ def test_files_without_a_digest_mix_with_digested_ones(tmp_path: Path):
     assert stats[0].sums["idle_ms"] == 100_000
 
 
-@pytest.mark.parametrize("body", [b"not json", b'"table":"gpu","uuids":["GPU-a"],"rows":[3]}', b"{}"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'"table":"gpu","uuids":["GPU-a"],"rows":[3]}',
+        b"{}",
+        b'"table":"gpu","idle_util_pct":5.0,"held_mem_frac":0.05,"min_gap_ms":5000,"uuids":["GPU-a"]}',
+        b'"table":"gpu","idle_util_pct":5.0,"held_mem_frac":0.05,"min_gap_ms":5000,"first_ts":0,'
+        b'"last_ts":1,"host":"h1","uuids":["GPU-a","GPU-b"],"rows":[3],"fixed":"AAAA","dt":"","kept":"",'
+        b'"sources":[]}',
+    ],
+)
 def test_a_damaged_digest_is_ignored(tmp_path: Path, body: bytes):
     data = rows_to_table("gpu", ticks(["GPU-a"], range(0, 50)))
     path = tmp_path / "table=gpu" / "date=2025-06-03" / "host=h1" / "a.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(data.replace_schema_metadata({**file_metadata(), KEY: MARKER + body}), path)
-    fast, stats = both(tmp_path)
+    fast, stats = both(tmp_path, since=T0)
     assert fast.digests_used == 0 and stats[0].samples == 50
 
 

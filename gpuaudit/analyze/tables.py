@@ -111,13 +111,17 @@ def process_gpus(
     hi = None if until is None else until.timestamp() * 1000
     for f in files:
         doc = read_digest(f, "process")
-        cut = doc is not None and (
-            (lo is not None and doc["first_ts"] < lo) or (hi is not None and doc["last_ts"] >= hi)
-        )
+        try:
+            cut = doc is not None and (
+                (lo is not None and doc["first_ts"] < lo) or (hi is not None and doc["last_ts"] >= hi)
+            )
+            found = set() if doc is None or cut else {(str(h), str(u)) for h, u in doc["pairs"]}
+        except (KeyError, TypeError, ValueError):  # not a digest this version wrote
+            doc = None
         if doc is None or cut:
             rest.append(f)
         else:
-            pairs.update((str(h), str(u)) for h, u in doc["pairs"])
+            pairs |= found
     where, params = _window_sql(since, until)
     rows = _query(
         con, rest, f"SELECT DISTINCT host, gpu_uuid FROM read_parquet($files) {where}", params, "process"

@@ -143,18 +143,19 @@ class GpuDigests:
         from gpuaudit.digest.footer import read_digest
 
         doc = read_digest(path, "gpu")
-        if doc is None or not (
-            doc.get("idle_util_pct") == self.idle_util_pct
-            and doc.get("held_mem_frac") == self.held_mem_frac
-            and doc.get("min_gap_ms") == MIN_GAP_MS
-            and (self.since_ms is None or doc["first_ts"] >= self.since_ms)
-            and (self.until_ms is None or doc["last_ts"] < self.until_ms)
-        ):
+        if doc is None:
             return None
-        k = len(doc["uuids"])
         try:
-            self.sources[path] = tuple(str(s) for s in doc["sources"])
-            return _Digest(
+            if not (
+                doc["idle_util_pct"] == self.idle_util_pct
+                and doc["held_mem_frac"] == self.held_mem_frac
+                and doc["min_gap_ms"] == MIN_GAP_MS
+                and (self.since_ms is None or doc["first_ts"] >= self.since_ms)
+                and (self.until_ms is None or doc["last_ts"] < self.until_ms)
+            ):
+                return None
+            k = len(doc["uuids"])
+            digest = _Digest(
                 path,
                 host_of(path) or str(doc["host"]),
                 tuple(str(u) for u in doc["uuids"]),
@@ -163,8 +164,14 @@ class GpuDigests:
                 _unpack(doc["dt"], "i8", 3),
                 _unpack(doc["kept"], "f8", len(KEPT_ROWS)),
             )
+            sources = tuple(str(s) for s in doc["sources"])
         except (KeyError, TypeError, ValueError):  # not a digest this version wrote
             return None
+        shapes_ok = digest.rows.shape == (k,) and digest.fixed.shape == (k, HIST0 + UTIL_BINS)
+        if not shapes_ok or (digest.rows < 1).any():
+            return None
+        self.sources[path] = sources
+        return digest
 
     def parts(self, run: list[tuple[Any, Path]]) -> list[Loaded]:
         """Runs of consecutive files of the same GPUs (and memory totals), each as one part."""
