@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gpuaudit.analyze.gpus import GpuRow
+from gpuaudit.analyze.gpus import GpuRow, GpuTotals
 
 SCHEMA_VERSION = 1
 
@@ -47,25 +47,10 @@ class PricingSummary:
 
 
 @dataclass(frozen=True)
-class Totals:
-    gpus: int
+class Totals(GpuTotals):
+    """The GPU totals (:class:`~gpuaudit.analyze.gpus.GpuTotals`) and the engines'."""
+
     engines: int
-    gpu_hours: float
-    unobserved_hours: float
-    util_mean_pct: float | None
-    sm_active_mean_pct: float | None
-    busy_frac: float | None
-    idle_frac: float | None
-    idle_held_frac: float | None
-    idle_empty_frac: float | None
-    unknown_frac: float | None
-    idle_gpu_hours: float
-    idle_held_gpu_hours: float
-    idle_waste_usd: float
-    cost_usd: float
-    unpriced_gpu_hours: float
-    energy_kwh: float | None
-    energy_unknown_gpus: int
     requests: float
     generation_tokens: float
     prompt_tokens: float

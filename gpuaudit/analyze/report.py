@@ -13,7 +13,7 @@ import platform
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -155,24 +155,8 @@ def _assemble(
     prompt = sum(e.prompt_tokens for e in engine_rows)
     savings = [f.est_savings_usd_per_month for f in findings if f.est_savings_usd_per_month is not None]
     totals = Totals(
-        gpus=g.gpus,
+        **asdict(g),
         engines=len(engine_rows),
-        gpu_hours=g.gpu_hours,
-        unobserved_hours=g.unobserved_hours,
-        util_mean_pct=g.util_mean_pct,
-        sm_active_mean_pct=g.sm_active_mean_pct,
-        busy_frac=g.busy_frac,
-        idle_frac=g.idle_frac,
-        idle_held_frac=g.idle_held_frac,
-        idle_empty_frac=g.idle_empty_frac,
-        unknown_frac=g.unknown_frac,
-        idle_gpu_hours=g.idle_gpu_hours,
-        idle_held_gpu_hours=g.idle_held_gpu_hours,
-        idle_waste_usd=g.idle_waste_usd,
-        cost_usd=g.cost_usd,
-        unpriced_gpu_hours=g.unpriced_gpu_hours,
-        energy_kwh=g.energy_kwh,
-        energy_unknown_gpus=g.energy_unknown_gpus,
         requests=sum(e.requests for e in engine_rows),
         generation_tokens=gen,
         prompt_tokens=prompt,
