@@ -13,6 +13,11 @@ between files is lost. If a series goes back in time from one file to the next (
 overlap: say an import on top of a sampler's files), :class:`Unordered` is raised and
 :func:`run_scan` reads everything as one part, sorted by (series, ts): slower and bigger,
 never wrong.
+
+Files whose digest (:mod:`gpuaudit.digest`) stands for their rows are not read at all: the
+consumer's ``digest_source()`` turns runs of them into parts that hold each series' first and
+last rows only, with the real row counts (``Part.row_counts``) and the sums already made
+(``prepared``); they are linked to their neighbours like any part.
 """
 
 from __future__ import annotations
