@@ -242,13 +242,13 @@ def test_a_dip_across_a_file_cut_falls_back(tmp_path):
     assert found is None
 
 
-def test_window_edges_inside_a_file_fall_back(tmp_path):
+def test_a_window_that_cuts_a_file_uses_the_digest_of_its_rows_in_the_window(tmp_path):
     files = write_parts(tmp_path, ranks_rows(12), [30_000])
-    _, whole = both(files, since=T0, until=at(55.001))  # every row inside: digests
+    _, whole = both(files, since=T0, until=at(55.001))  # every row inside: the stored digests
     assert whole is not None
-    for since, until in ((at(1), None), (None, at(40)), (at(10), at(50)), (T0, at(55))):
-        _, found = both(files, since=since, until=until)
-        assert found is None
+    for since, until in ((at(1), None), (None, at(40)), (at(10), at(50)), (T0, at(55)), (at(10.0005), None)):
+        stats, found = both(files, since=since, until=until)  # compared with the rows inside
+        assert found is not None and stats
 
 
 def test_files_wholly_outside_the_window_are_left_out(tmp_path):

@@ -28,6 +28,7 @@ from gpuaudit.digest.engine import (
     SHORT,
     E,
     S,
+    build,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -101,6 +102,26 @@ def from_digests(
     return None if mean_peak is None else DigestStats(results, mean_peak)
 
 
+def window_rows(path: Path, since: datetime | None, until: datetime | None) -> Any | None:
+    """A file's rows inside [since, until) (a pyarrow Table), to make the digest of a file the
+    window cuts. None when the file cannot be read (the row path then reports it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        data = pq.read_table(path)
+        ts = data.column("ts").cast(pa.timestamp("us", tz="UTC"))
+        keep = None
+        for bound, op in ((since, pc.greater_equal), (until, pc.less)):
+            if bound is not None:
+                cond = op(ts, pa.scalar(bound, type=pa.timestamp("us", tz="UTC")))
+                keep = cond if keep is None else pc.and_(keep, cond)
+        return data if keep is None else data.filter(keep)
+    except (OSError, KeyError, pa.ArrowException):
+        return None
+
+
 def _collect(files: Sequence[Path], since: datetime | None, until: datetime | None) -> _Collected | None:
     """The digests of the files with rows in the window as one set of matrices (None: a file
     without a usable digest)."""
@@ -115,10 +136,23 @@ def _collect(files: Sequence[Path], since: datetime | None, until: datetime | No
     bases: list[tuple[int, int]] = []  # per file: its first rank's and engine's place in those
     ranges: list[tuple[int, int, int]] = []
     used: list[str] = []
+    aware = (since is None or since.tzinfo is not None) and (until is None or until.tzinfo is not None)
     for path in files:
         doc = read_digest(path, "engine")
         try:
             inside = None if doc is None else placement(doc, since, until)
+            cut = (
+                doc is not None
+                and inside is None
+                and doc["layout"] == LAYOUT
+                and doc["min_gap_ms"] == MIN_GAP_MS
+            )
+            if cut and aware:  # the window cuts the file: the digest of its rows in the window
+                rows = window_rows(path, since, until)
+                if rows is not None and rows.num_rows == 0:
+                    continue
+                doc = None if rows is None else build(rows)
+                inside = None if doc is None else placement(doc, since, until)
             if doc is None or inside is None:
                 return None
             if not inside:
