@@ -237,10 +237,10 @@ def test_slow_first_byte_and_503_are_measured_and_counted(tmp_path):
     finally:
         srv.shutdown()
     assert res["completed"] == 4 and res["failed"] == 2 and res["errors_by_status"] == {"503": 2}
-    assert all(0.4 <= t < 0.6 for t in res["ttfts"])  # TTFT includes the slow first byte
-    assert res["median_itl_ms"] == pytest.approx(50, abs=20) and res["median_tpot_ms"] == pytest.approx(
-        50, abs=20
-    )
+    assert all(t >= 0.4 for t in res["ttfts"])  # TTFT includes the slow first byte ...
+    # ... and ends at the first chunk: three 50 ms gaps follow it (bounds hold on a loaded machine)
+    assert all(e - t >= 0.14 for t, e in zip(res["ttfts"], res["latencies"], strict=True))
+    assert 45 <= res["median_itl_ms"] < 150 and 45 <= res["median_tpot_ms"] < 150
     assert res["output_lens"] == [4] * 4 and res["input_lens"] == [9] * 4  # from the usage chunk
 
 
